@@ -1,0 +1,101 @@
+//! Spec blocks every vaultkeeper kind shares: who logs in to Vault (`auth`) and what Secret to write
+//! (`destination`), plus the condition vocabulary the operator reports.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// The identity the operator uses for this resource: a ServiceAccount of the resource's own
+/// namespace, logged in to Vault's Kubernetes auth method.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultAuth {
+    /// Vault role of the Kubernetes auth method to log in with. The role's bound ServiceAccount
+    /// names and namespaces must include `serviceAccountName` in this resource's namespace.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("auth.role must name a role of Vault's Kubernetes auth method; it cannot be empty"))]
+    #[schemars(length(max = 256))]
+    pub role: String,
+
+    /// ServiceAccount, in this resource's namespace, whose short-lived token the operator requests
+    /// (TokenRequest API) and presents to Vault. A resource can only use its own namespace's
+    /// ServiceAccounts. Defaults to `default`.
+    #[serde(default = "default_service_account")]
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("auth.serviceAccountName must be a ServiceAccount name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 253))]
+    pub service_account_name: String,
+
+    /// Path of the Kubernetes auth method in Vault, without the `auth/` prefix (for example
+    /// `kubernetes` or `k8s-prod`). Defaults to the operator's configured mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$')").message("auth.mount must be a Vault mount path such as 'kubernetes' (no leading or trailing '/')"))]
+    #[schemars(length(max = 128))]
+    pub mount: Option<String>,
+}
+
+fn default_service_account() -> String {
+    "default".to_owned()
+}
+
+/// The Kubernetes Secret the operator writes. It is owned by this resource (deleted with it) and
+/// labelled `app.kubernetes.io/managed-by: vaultkeeper`. An existing Secret that vaultkeeper does
+/// not manage is never overwritten.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// Name of the Secret, in this resource's namespace.
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("destination.name must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+
+    /// Type of the Secret (for example `Opaque` or `kubernetes.io/dockerconfigjson`). Defaults to
+    /// `Opaque`.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
+    #[schemars(length(max = 253))]
+    pub type_: Option<String>,
+
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Extra Secret keys computed from the Vault data with Go-template syntax, for example
+    /// `DATABASE_URL: "postgres://{{ .username }}:{{ .password }}@db:5432/app"`. Each top-level
+    /// Vault key is available as `.<key>`. Templated keys are added to the raw Vault keys and win
+    /// over a raw key of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new(r"self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))").message("destination.templates keys must be valid Secret keys: letters, digits, '-', '_' and '.'"))]
+    #[schemars(extend("maxProperties" = 64))]
+    pub templates: BTreeMap<String, String>,
+}
+
+/// Condition types reported in `status.conditions`.
+pub mod condition_types {
+    /// The Secret holds the data of the source, as last read from Vault.
+    pub const READY: &str = "Ready";
+}
+
+/// Reasons of the conditions, in CamelCase as Kubernetes expects. Stable: tools may match on them.
+pub mod reasons {
+    /// The Secret matches the Vault data.
+    pub const SYNCED: &str = "Synced";
+    /// The spec cannot work as written; nothing is retried until it changes.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Vault refused the read or the login for this identity.
+    pub const PERMISSION_DENIED: &str = "PermissionDenied";
+    /// Vault is sealed, stopped, unreachable or failing; the Secret keeps its last data.
+    pub const VAULT_UNAVAILABLE: &str = "VaultUnavailable";
+    /// The Vault path or the requested version does not exist.
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    /// The KV version to sync was deleted or destroyed; the Secret keeps its last data.
+    pub const SOURCE_VERSION_DELETED: &str = "SourceVersionDeleted";
+    /// The destination Secret exists and is not managed by this resource.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// The ServiceAccount token could not be requested from Kubernetes.
+    pub const TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
+    /// Writing to the Kubernetes API failed; retried with backoff.
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+}
