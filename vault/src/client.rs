@@ -1,0 +1,158 @@
+//! HTTP transport to one Vault server: one connection pool for every identity, error mapping, and a
+//! hook that sees every request's operation, outcome and duration (for metrics).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{VaultError, VaultToken};
+
+/// Where and how to reach one Vault server. Comes from the operator's or agent's own
+/// configuration, never from a custom resource.
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    /// Base address, for example `https://vault.example:8200`.
+    pub address: String,
+    /// PEM bundle of CAs to trust in addition to the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Timeout of one request, connect included.
+    pub timeout: Duration,
+}
+
+/// Sees every request: `operation` is a fixed name (`kv2_metadata`, `login`, …) and `outcome` the
+/// HTTP status code or `error` when no answer came. Both are bounded, so fit for metric labels.
+pub trait RequestObserver: Send + Sync {
+    fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration);
+}
+
+/// A client of one Vault server. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient").field("address", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl VaultClient {
+    /// Builds a client. Needs the process-wide crypto provider ([`crate::install_crypto_provider`]).
+    pub fn new(config: &VaultConfig, observer: Option<Arc<dyn RequestObserver>>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(pem) = &config.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("invalid Vault CA bundle: {e}"))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("failed to build the Vault HTTP client: {e}"))?;
+        Ok(Self { http, base: config.address.trim_end_matches('/').into(), observer })
+    }
+
+    /// The server's base address.
+    pub fn address(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request to `/v1/<path>` and decodes the JSON answer.
+    pub(crate) async fn request<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        token: Option<&VaultToken>,
+        body: Option<&Value>,
+    ) -> Result<T, VaultError> {
+        let url = format!("{}/v1/{}", self.base, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = token {
+            request = request.header("X-Vault-Token", token.expose());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let started = Instant::now();
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                self.observe(operation, "error", started);
+                return Err(VaultError::Unreachable { operation, message: error_chain(&err) });
+            }
+        };
+        let status = response.status();
+        let bytes = response.bytes().await;
+        self.observe(operation, status.as_str(), started);
+        let bytes = bytes.map_err(|err| VaultError::Unreachable { operation, message: error_chain(&err) })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|err| VaultError::Decode { operation, message: err.to_string() });
+        }
+        Err(classify(operation, path, status, &bytes))
+    }
+
+    fn observe(&self, operation: &'static str, outcome: &str, started: Instant) {
+        if let Some(observer) = &self.observer {
+            observer.observe(operation, outcome, started.elapsed());
+        }
+    }
+}
+
+/// Maps a non-2xx answer to an error. Vault's `errors` strings describe the failure, not the data.
+fn classify(operation: &'static str, path: &str, status: StatusCode, body: &[u8]) -> VaultError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+        .map(|errors| errors.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+        .unwrap_or_default();
+    let path = path.to_owned();
+    match status.as_u16() {
+        503 if message.contains("sealed") => VaultError::Sealed { operation },
+        403 => VaultError::PermissionDenied { operation, path },
+        404 => VaultError::NotFound { operation, path },
+        429 | 500..=599 => VaultError::Unavailable { operation, status: status.as_u16(), message },
+        code => VaultError::Rejected { operation, path, status: code, message },
+    }
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_vault_answers() {
+        let sealed = classify("kv2_metadata", "secret/metadata/x", StatusCode::SERVICE_UNAVAILABLE, br#"{"errors":["Vault is sealed"]}"#);
+        assert!(matches!(sealed, VaultError::Sealed { .. }));
+        assert!(sealed.is_outage());
+        let denied = classify("kv2_read", "secret/data/x", StatusCode::FORBIDDEN, br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#);
+        assert_eq!(denied.category(), "permission_denied");
+        assert!(!denied.is_outage());
+        assert_eq!(denied.to_string(), "failed to kv2_read at secret/data/x: permission denied");
+        let missing = classify("kv2_read", "secret/data/x", StatusCode::NOT_FOUND, b"");
+        assert!(matches!(missing, VaultError::NotFound { .. }));
+        let standby = classify("kv2_read", "p", StatusCode::SERVICE_UNAVAILABLE, br#"{"errors":["node is in standby"]}"#);
+        assert!(matches!(standby, VaultError::Unavailable { status: 503, .. }));
+        let bad = classify("login", "auth/kubernetes/login", StatusCode::BAD_REQUEST, br#"{"errors":["invalid role name \"x\""]}"#);
+        assert!(matches!(bad, VaultError::Rejected { status: 400, .. }));
+        assert!(bad.to_string().contains("invalid role name"));
+    }
+}
