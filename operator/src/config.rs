@@ -1,0 +1,104 @@
+//! The operator's configuration: flags, each with an environment variable, and the named Vault
+//! connections. Nothing else in the operator reads the environment.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// vaultkeeper operator: keeps Vault secrets flowing into Kubernetes Secrets.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// Address of the default Vault connection, for example https://vault.vault:8200.
+    #[arg(long, env = "VAULTKEEPER_VAULT_ADDR")]
+    pub vault_addr: String,
+
+    /// PEM file of CAs that sign the default Vault's certificate (in addition to system roots).
+    #[arg(long, env = "VAULTKEEPER_VAULT_CA_FILE")]
+    pub vault_ca_file: Option<PathBuf>,
+
+    /// Default path of Vault's Kubernetes auth method, used when a resource sets no `auth.mount`.
+    #[arg(long, env = "VAULTKEEPER_VAULT_AUTH_MOUNT", default_value = "kubernetes")]
+    pub vault_auth_mount: String,
+
+    /// JSON file of extra named connections: {"<name>": {"address": "...", "caFile": "...",
+    /// "authMount": "..."}}. Resources pick one with `spec.connection`.
+    #[arg(long, env = "VAULTKEEPER_VAULT_CONNECTIONS_FILE")]
+    pub vault_connections_file: Option<PathBuf>,
+
+    /// Timeout of one Vault request.
+    #[arg(long, env = "VAULTKEEPER_VAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub vault_timeout: Duration,
+
+    /// Audiences of the ServiceAccount tokens presented to Vault (comma separated). Empty means the
+    /// API server's default audience, which Vault's TokenReview accepts when its role sets none.
+    #[arg(long, env = "VAULTKEEPER_TOKEN_AUDIENCES", value_delimiter = ',')]
+    pub token_audiences: Vec<String>,
+
+    /// Lifetime of the ServiceAccount tokens requested for Vault logins.
+    #[arg(long, env = "VAULTKEEPER_TOKEN_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
+    /// Namespace the operator runs in; holds its own state (the HMAC key Secret).
+    #[arg(long, env = "VAULTKEEPER_NAMESPACE", default_value = "vaultkeeper-system")]
+    pub namespace: String,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VAULTKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// How many periodic refreshes run at once. New and changed resources do not wait for these.
+    #[arg(long, env = "VAULTKEEPER_REFRESH_CONCURRENCY", default_value_t = 16)]
+    pub refresh_concurrency: usize,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info` or `info,vaultkeeper_operator=debug`).
+    #[arg(long, env = "VAULTKEEPER_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "VAULTKEEPER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crds::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 30s, 5m or 1h"))
+}
+
+/// One named Vault connection as written in the connections file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionSpec {
+    pub address: String,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_mount: Option<String>,
+}
+
+/// The name `spec.connection` takes when a resource leaves it empty.
+pub const DEFAULT_CONNECTION: &str = "default";
+
+impl Args {
+    /// All connections: `default` from the flags plus those of the connections file.
+    pub fn connections(&self) -> anyhow::Result<BTreeMap<String, ConnectionSpec>> {
+        let mut all = BTreeMap::new();
+        if let Some(file) = &self.vault_connections_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("failed to read connections file {}: {e}", file.display()))?;
+            all = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("failed to parse connections file {}: {e}", file.display()))?;
+        }
+        all.insert(
+            DEFAULT_CONNECTION.to_owned(),
+            ConnectionSpec {
+                address: self.vault_addr.clone(),
+                ca_file: self.vault_ca_file.clone(),
+                auth_mount: Some(self.vault_auth_mount.clone()),
+            },
+        );
+        Ok(all)
+    }
+}

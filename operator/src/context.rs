@@ -1,0 +1,85 @@
+//! Everything a controller needs, handed to every reconcile in one value.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::identity::Identities;
+use crate::metrics::Metrics;
+
+pub struct Context {
+    pub client: kube::Client,
+    pub identities: Identities,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Managed Secrets only (label selector), without managedFields.
+    pub secrets: Store<Secret>,
+    /// Key of the data HMACs.
+    pub hmac_key: Vec<u8>,
+    /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
+    pub refresh_lane: Semaphore,
+    /// Consecutive failures per object (by UID), for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        identities: Identities,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        secrets: Store<Secret>,
+        hmac_key: Vec<u8>,
+        refresh_concurrency: usize,
+    ) -> Self {
+        Self {
+            client,
+            identities,
+            recorder,
+            metrics,
+            secrets,
+            hmac_key,
+            refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failure of `uid` and returns how long to wait: 5s doubling to 5 min, ±20% jitter.
+    pub fn backoff(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let count = failures.entry(uid.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        let base = Duration::from_secs(5).saturating_mul(1 << (*count - 1).min(6)).min(Duration::from_secs(300));
+        jitter(base, 0.2)
+    }
+
+    /// Forgets the failures of `uid` after a success.
+    pub fn succeeded(&self, uid: &str) {
+        self.failures.lock().expect("failures lock").remove(uid);
+    }
+}
+
+/// `base` scaled by a random factor in [1 - spread, 1 + spread].
+pub fn jitter(base: Duration, spread: f64) -> Duration {
+    let factor = rand::rng().random_range((1.0 - spread)..=(1.0 + spread));
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_spread() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(60), 0.1);
+            assert!(d >= Duration::from_secs(54) && d <= Duration::from_secs(66), "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Vault identities of resources: a short-lived token of a ServiceAccount in the resource's own
+//! namespace (TokenRequest API), exchanged for a Vault token by Kubernetes login, cached per
+//! (connection, namespace, ServiceAccount, role, mount) so a reconcile does not log in again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use kube::api::PostParams;
+use vault::{TokenCache, VaultClient, VaultError, VaultToken};
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// Who a resource is in Vault's eyes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct IdentityKey {
+    pub connection: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub role: String,
+    pub mount: String,
+}
+
+impl std::fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} as role {:?} at auth/{}", self.namespace, self.service_account, self.role, self.mount)
+    }
+}
+
+/// Why no Vault token could be had for an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("failed to request a token for ServiceAccount {namespace}/{service_account}: {source}")]
+    TokenRequest { namespace: String, service_account: String, source: kube::Error },
+    #[error("failed to log in to Vault as {identity}: {source}")]
+    Login { identity: String, source: VaultError },
+}
+
+/// A Vault connection as the controllers use it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub client: VaultClient,
+    pub auth_mount: String,
+}
+
+/// Vault connections and the token cache shared by all controllers.
+pub struct Identities {
+    kube: kube::Client,
+    connections: BTreeMap<String, Connection>,
+    cache: TokenCache<IdentityKey>,
+    audiences: Vec<String>,
+    token_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Identities {
+    pub fn new(
+        kube: kube::Client,
+        connections: BTreeMap<String, Connection>,
+        audiences: Vec<String>,
+        token_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { kube, connections, cache: TokenCache::default(), audiences, token_ttl, metrics }
+    }
+
+    /// The named connection, if configured.
+    pub fn connection(&self, name: &str) -> Option<&Connection> {
+        self.connections.get(name)
+    }
+
+    /// A Vault token for `key`, from the cache or a fresh login. The flag tells whether it is fresh.
+    pub async fn token(&self, key: &IdentityKey, client: &VaultClient) -> Result<(VaultToken, bool), IdentityError> {
+        self.cache
+            .get_or_login(key, || async {
+                let jwt = self.service_account_token(&key.namespace, &key.service_account).await?;
+                let result = client.login_kubernetes(&key.mount, &key.role, &jwt).await;
+                let outcome = if result.is_ok() { "success" } else { "failure" };
+                self.metrics.logins.get_or_create(&ResultLabels { result: outcome }).inc();
+                result.map_err(|source| IdentityError::Login { identity: key.to_string(), source })
+            })
+            .await
+    }
+
+    /// Forgets a token Vault refused, so the next call logs in again.
+    pub async fn forget(&self, key: &IdentityKey, token: &VaultToken) {
+        self.cache.invalidate(key, token).await;
+    }
+
+    async fn service_account_token(&self, namespace: &str, service_account: &str) -> Result<String, IdentityError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.kube.clone(), namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(self.audiences.clone()),
+                expiration_seconds: Some(self.token_ttl.as_secs() as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let answer = api.create_token_request(service_account, &PostParams::default(), &request).await.map_err(|source| {
+            IdentityError::TokenRequest { namespace: namespace.to_owned(), service_account: service_account.to_owned(), source }
+        })?;
+        self.metrics.kube_write("tokenrequest");
+        Ok(answer.status.and_then(|s| s.token).unwrap_or_default())
+    }
+}

@@ -1,0 +1,250 @@
+//! Pure steps of the VaultSecret reconcile: validate the spec, build the Secret, compute the data
+//! HMAC and the Ready condition. No client, no Vault, no clock: `now` is an argument.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crds::v1alpha1::{KvEngine, VaultSecret, reasons};
+use hmac::{Hmac, Mac};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sha2::Sha256;
+
+use crate::conditions::Desired;
+use crate::config::DEFAULT_CONNECTION;
+use crate::identity::IdentityKey;
+use crate::template;
+
+/// Annotation on the Secret: which KV version it holds.
+pub const SOURCE_VERSION_ANNOTATION: &str = "vaultkeeper.dev/source-version";
+/// Annotation on the Secret: which Vault path it comes from.
+pub const SOURCE_ANNOTATION: &str = "vaultkeeper.dev/source";
+/// Label on the Secret: the VaultSecret that owns it.
+pub const OWNER_LABEL: &str = "vaultkeeper.dev/vaultsecret";
+
+/// What a valid spec asks for, in the operator's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub identity: IdentityKey,
+    pub refresh: Duration,
+    /// `mount/path` as people write it, for messages.
+    pub display_path: String,
+}
+
+/// Checks what the CRD's CEL rules cannot: the connection exists, durations parse, templates parse.
+/// `auth_mount_of` gives the default auth mount of a configured connection.
+pub fn plan(vs: &VaultSecret, auth_mount_of: impl Fn(&str) -> Option<String>) -> Result<Plan, String> {
+    let spec = &vs.spec;
+    let connection = spec.connection.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| DEFAULT_CONNECTION.to_owned());
+    let default_mount =
+        auth_mount_of(&connection).ok_or_else(|| format!("connection {connection:?} is not configured in the operator"))?;
+    let refresh = crds::duration::parse(&spec.refresh_interval)
+        .ok_or_else(|| format!("refreshInterval {:?} is not a duration such as 30s, 5m or 1h", spec.refresh_interval))?;
+    if refresh < Duration::from_secs(10) {
+        return Err(format!("refreshInterval {} is shorter than the minimum of 10s", spec.refresh_interval));
+    }
+    if spec.source.version.is_some() && spec.source.engine == KvEngine::KvV1 {
+        return Err("source.version pins a KV v2 version; it cannot be used with engine kv-v1".to_owned());
+    }
+    template::check(&spec.destination.templates).map_err(|e| e.to_string())?;
+    Ok(Plan {
+        identity: IdentityKey {
+            connection,
+            namespace: vs.namespace().unwrap_or_default(),
+            service_account: spec.auth.service_account_name.clone(),
+            role: spec.auth.role.clone(),
+            mount: spec.auth.mount.clone().filter(|m| !m.is_empty()).unwrap_or(default_mount),
+        },
+        refresh,
+        display_path: format!("{}/{}", spec.source.mount, spec.source.path),
+    })
+}
+
+/// The Secret data: the raw Vault keys plus the templated keys (templated keys win).
+pub fn secret_data(raw: BTreeMap<String, String>, templated: BTreeMap<String, String>) -> BTreeMap<String, Vec<u8>> {
+    raw.into_iter().chain(templated).map(|(k, v)| (k, v.into_bytes())).collect()
+}
+
+/// HMAC-SHA256 of the data under the operator key: stable for equal data, reveals nothing.
+pub fn data_hmac(key: &[u8], data: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    for (k, v) in data {
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        mac.update(&(k.len() as u64).to_be_bytes());
+        mac.update(k.as_bytes());
+        mac.update(&(v.len() as u64).to_be_bytes());
+        mac.update(v);
+    }
+    format!("sha256:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The HMAC of what a Secret holds now.
+pub fn existing_hmac(key: &[u8], secret: &Secret) -> String {
+    let data: BTreeMap<String, Vec<u8>> =
+        secret.data.clone().unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+    data_hmac(key, &data)
+}
+
+/// The whole destination Secret as the operator applies it.
+pub fn build_secret(vs: &VaultSecret, data: BTreeMap<String, Vec<u8>>, version: Option<i64>) -> Secret {
+    let dest = &vs.spec.destination;
+    let mut labels = dest.labels.clone();
+    labels.insert(crds::MANAGED_BY_LABEL.to_owned(), crds::MANAGED_BY_VALUE.to_owned());
+    labels.insert(OWNER_LABEL.to_owned(), vs.name_any());
+    let mut annotations = dest.annotations.clone();
+    let engine = match vs.spec.source.engine {
+        KvEngine::KvV1 => "kv-v1",
+        KvEngine::KvV2 => "kv-v2",
+    };
+    annotations.insert(SOURCE_ANNOTATION.to_owned(), format!("{engine}:{}/{}", vs.spec.source.mount, vs.spec.source.path));
+    if let Some(version) = version {
+        annotations.insert(SOURCE_VERSION_ANNOTATION.to_owned(), version.to_string());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(dest.name.clone()),
+            namespace: vs.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(vs)]),
+            ..Default::default()
+        },
+        type_: Some(dest.type_.clone().unwrap_or_else(|| "Opaque".to_owned())),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
+}
+
+fn owner_reference(vs: &VaultSecret) -> OwnerReference {
+    OwnerReference {
+        api_version: VaultSecret::api_version(&()).into_owned(),
+        kind: VaultSecret::kind(&()).into_owned(),
+        name: vs.name_any(),
+        uid: vs.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `secret` belongs to `vs` (so the operator may overwrite it).
+pub fn owned_by(secret: &Secret, vs: &VaultSecret) -> bool {
+    let uid = vs.uid().unwrap_or_default();
+    secret.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// The Ready condition after a successful sync.
+pub fn synced_condition(vs: &VaultSecret, plan: &Plan, version: Option<i64>) -> Desired {
+    let what = match version {
+        Some(v) => format!("version {v} of {}", plan.display_path),
+        None => format!("the data of {}", plan.display_path),
+    };
+    Desired {
+        type_: crds::v1alpha1::condition_types::READY,
+        status: true,
+        reason: reasons::SYNCED,
+        message: format!("Secret {:?} holds {what}", vs.spec.destination.name),
+    }
+}
+
+/// The sentence added to failure messages while the Secret keeps older data.
+pub fn keeps_data_note(secret_name: &str, verified_at: Option<&Time>, version: Option<i64>) -> String {
+    let version = version.map(|v| format!(" (version {v})")).unwrap_or_default();
+    match verified_at {
+        Some(t) => format!("; Secret {secret_name:?} is left unchanged and holds the data last synced at {}{version}", t.0),
+        None => format!("; Secret {secret_name:?} is left unchanged{version}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::v1alpha1::{Destination, KvSource, VaultAuth, VaultSecretSpec};
+
+    fn vault_secret() -> VaultSecret {
+        let mut vs = VaultSecret::new(
+            "app-config",
+            VaultSecretSpec {
+                connection: None,
+                auth: VaultAuth { role: "app".into(), service_account_name: "web".into(), mount: None },
+                source: KvSource { engine: KvEngine::KvV2, mount: "secret".into(), path: "apps/web".into(), version: None },
+                refresh_interval: "30s".into(),
+                destination: Destination {
+                    name: "web-config".into(),
+                    type_: None,
+                    labels: BTreeMap::from([("team".into(), "a".into())]),
+                    annotations: BTreeMap::new(),
+                    templates: BTreeMap::new(),
+                },
+            },
+        );
+        vs.metadata.namespace = Some("apps".into());
+        vs.metadata.uid = Some("uid-1".into());
+        vs
+    }
+
+    fn mounts(name: &str) -> Option<String> {
+        (name == "default").then(|| "kubernetes".to_owned())
+    }
+
+    #[test]
+    fn plans_identity_from_the_resource_namespace() {
+        let plan = plan(&vault_secret(), mounts).unwrap();
+        assert_eq!(plan.identity.namespace, "apps");
+        assert_eq!(plan.identity.service_account, "web");
+        assert_eq!(plan.identity.mount, "kubernetes");
+        assert_eq!(plan.refresh, Duration::from_secs(30));
+        assert_eq!(plan.display_path, "secret/apps/web");
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        let mut vs = vault_secret();
+        vs.spec.connection = Some("other".into());
+        assert_eq!(plan(&vs, mounts).unwrap_err(), "connection \"other\" is not configured in the operator");
+        let mut vs = vault_secret();
+        vs.spec.refresh_interval = "5s".into();
+        assert!(plan(&vs, mounts).unwrap_err().contains("minimum of 10s"));
+        let mut vs = vault_secret();
+        vs.spec.destination.templates.insert("url".into(), "{{ .user ".into());
+        assert!(plan(&vs, mounts).unwrap_err().contains("does not parse"));
+        let mut vs = vault_secret();
+        vs.spec.source.engine = KvEngine::KvV1;
+        vs.spec.source.version = Some(2);
+        assert!(plan(&vs, mounts).unwrap_err().contains("kv-v1"));
+    }
+
+    #[test]
+    fn builds_an_owned_labelled_secret() {
+        let vs = vault_secret();
+        let data = secret_data(
+            BTreeMap::from([("user".into(), "raw".into()), ("url".into(), "raw-url".into())]),
+            BTreeMap::from([("url".into(), "templated".into())]),
+        );
+        let secret = build_secret(&vs, data, Some(3));
+        let labels = secret.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "vaultkeeper");
+        assert_eq!(labels["team"], "a");
+        assert_eq!(secret.metadata.annotations.as_ref().unwrap()[SOURCE_VERSION_ANNOTATION], "3");
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data["url"].0, b"templated");
+        assert_eq!(data["user"].0, b"raw");
+        assert!(owned_by(&secret, &vs));
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.api_version.as_str()), ("VaultSecret", "vaultkeeper.dev/v1alpha1"));
+    }
+
+    #[test]
+    fn hmac_is_stable_and_keyed() {
+        let a = BTreeMap::from([("k".to_owned(), b"v".to_vec())]);
+        assert_eq!(data_hmac(b"key", &a), data_hmac(b"key", &a.clone()));
+        assert_ne!(data_hmac(b"key", &a), data_hmac(b"other", &a));
+        let split1 = BTreeMap::from([("ab".to_owned(), b"c".to_vec())]);
+        let split2 = BTreeMap::from([("a".to_owned(), b"bc".to_vec())]);
+        assert_ne!(data_hmac(b"key", &split1), data_hmac(b"key", &split2));
+        assert_eq!(data_hmac(b"key", &a).len(), "sha256:".len() + 64);
+    }
+}
