@@ -16,7 +16,11 @@ pub fn parse(text: &str) -> Option<Duration> {
     while !rest.is_empty() {
         let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let (number, tail) = rest.split_at(number_len);
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
+        if number.is_empty()
+            || number.starts_with('.')
+            || number.ends_with('.')
+            || number.matches('.').count() > 1
+        {
             return None;
         }
         let value: f64 = number.parse().ok()?;
@@ -53,7 +57,9 @@ mod tests {
 
     #[test]
     fn rejects_what_the_crd_pattern_rejects() {
-        for bad in ["", "60", "s", "1d", "-5s", "1.s", ".5s", "5 s", "1h 30m", "1..5s"] {
+        for bad in [
+            "", "60", "s", "1d", "-5s", "1.s", ".5s", "5 s", "1h 30m", "1..5s",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?} should be rejected");
         }
     }

@@ -13,7 +13,12 @@ pub struct Desired {
 }
 
 /// `conditions` with `desired` set; the transition time is `now` only when the status changed.
-pub fn set(conditions: &[Condition], desired: Desired, generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn set(
+    conditions: &[Condition],
+    desired: Desired,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let status = if desired.status { "True" } else { "False" }.to_owned();
     let previous = conditions.iter().find(|c| c.type_ == desired.type_);
     let last_transition_time = match previous {
@@ -28,7 +33,11 @@ pub fn set(conditions: &[Condition], desired: Desired, generation: Option<i64>, 
         observed_generation: generation,
         last_transition_time,
     };
-    let mut out: Vec<Condition> = conditions.iter().filter(|c| c.type_ != desired.type_).cloned().collect();
+    let mut out: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != desired.type_)
+        .cloned()
+        .collect();
     out.push(condition);
     out.sort_by(|a, b| a.type_.cmp(&b.type_));
     out
@@ -49,7 +58,12 @@ mod tests {
     }
 
     fn ready(status: bool, reason: &'static str) -> Desired {
-        Desired { type_: "Ready", status, reason, message: "m".into() }
+        Desired {
+            type_: "Ready",
+            status,
+            reason,
+            message: "m".into(),
+        }
     }
 
     #[test]
@@ -62,6 +76,10 @@ mod tests {
         let flipped = set(&same_status, ready(true, "Synced"), Some(2), &at(30));
         assert_eq!(flipped[0].last_transition_time, at(30));
         assert_eq!(flipped.len(), 1);
-        assert_eq!(set(&flipped, ready(true, "Synced"), Some(2), &at(40)), flipped, "same facts, same status");
+        assert_eq!(
+            set(&flipped, ready(true, "Synced"), Some(2), &at(40)),
+            flipped,
+            "same facts, same status"
+        );
     }
 }

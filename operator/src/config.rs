@@ -21,7 +21,11 @@ pub struct Args {
     pub vault_ca_file: Option<PathBuf>,
 
     /// Default path of Vault's Kubernetes auth method, used when a resource sets no `auth.mount`.
-    #[arg(long, env = "VAULTKEEPER_VAULT_AUTH_MOUNT", default_value = "kubernetes")]
+    #[arg(
+        long,
+        env = "VAULTKEEPER_VAULT_AUTH_MOUNT",
+        default_value = "kubernetes"
+    )]
     pub vault_auth_mount: String,
 
     /// JSON file of extra named connections: {"<name>": {"address": "...", "caFile": "...",
@@ -43,7 +47,11 @@ pub struct Args {
     pub token_ttl: Duration,
 
     /// Namespace the operator runs in; holds its own state (the HMAC key Secret).
-    #[arg(long, env = "VAULTKEEPER_NAMESPACE", default_value = "vaultkeeper-system")]
+    #[arg(
+        long,
+        env = "VAULTKEEPER_NAMESPACE",
+        default_value = "vaultkeeper-system"
+    )]
     pub namespace: String,
 
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
@@ -64,7 +72,8 @@ pub struct Args {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crds::duration::parse(text).ok_or_else(|| format!("{text:?} is not a duration such as 30s, 5m or 1h"))
+    crds::duration::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 30s, 5m or 1h"))
 }
 
 /// One named Vault connection as written in the connections file.
@@ -86,10 +95,12 @@ impl Args {
     pub fn connections(&self) -> anyhow::Result<BTreeMap<String, ConnectionSpec>> {
         let mut all = BTreeMap::new();
         if let Some(file) = &self.vault_connections_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| anyhow::anyhow!("failed to read connections file {}: {e}", file.display()))?;
-            all = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("failed to parse connections file {}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("failed to read connections file {}: {e}", file.display())
+            })?;
+            all = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("failed to parse connections file {}: {e}", file.display())
+            })?;
         }
         all.insert(
             DEFAULT_CONNECTION.to_owned(),

@@ -55,7 +55,9 @@ impl Context {
         let mut failures = self.failures.lock().expect("failures lock");
         let count = failures.entry(uid.to_owned()).or_insert(0);
         *count = count.saturating_add(1);
-        let base = Duration::from_secs(5).saturating_mul(1 << (*count - 1).min(6)).min(Duration::from_secs(300));
+        let base = Duration::from_secs(5)
+            .saturating_mul(1 << (*count - 1).min(6))
+            .min(Duration::from_secs(300));
         jitter(base, 0.2)
     }
 
@@ -79,7 +81,10 @@ mod tests {
     fn jitter_stays_within_its_spread() {
         for _ in 0..1000 {
             let d = jitter(Duration::from_secs(60), 0.1);
-            assert!(d >= Duration::from_secs(54) && d <= Duration::from_secs(66), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
+                "{d:?}"
+            );
         }
     }
 }

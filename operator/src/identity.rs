@@ -26,7 +26,11 @@ pub struct IdentityKey {
 
 impl std::fmt::Display for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} as role {:?} at auth/{}", self.namespace, self.service_account, self.role, self.mount)
+        write!(
+            f,
+            "{}/{} as role {:?} at auth/{}",
+            self.namespace, self.service_account, self.role, self.mount
+        )
     }
 }
 
@@ -34,9 +38,16 @@ impl std::fmt::Display for IdentityKey {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("failed to request a token for ServiceAccount {namespace}/{service_account}: {source}")]
-    TokenRequest { namespace: String, service_account: String, source: kube::Error },
+    TokenRequest {
+        namespace: String,
+        service_account: String,
+        source: kube::Error,
+    },
     #[error("failed to log in to Vault as {identity}: {source}")]
-    Login { identity: String, source: VaultError },
+    Login {
+        identity: String,
+        source: VaultError,
+    },
 }
 
 /// A Vault connection as the controllers use it.
@@ -64,7 +75,14 @@ impl Identities {
         token_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { kube, connections, cache: TokenCache::default(), audiences, token_ttl, metrics }
+        Self {
+            kube,
+            connections,
+            cache: TokenCache::default(),
+            audiences,
+            token_ttl,
+            metrics,
+        }
     }
 
     /// The named connection, if configured.
@@ -73,14 +91,26 @@ impl Identities {
     }
 
     /// A Vault token for `key`, from the cache or a fresh login. The flag tells whether it is fresh.
-    pub async fn token(&self, key: &IdentityKey, client: &VaultClient) -> Result<(VaultToken, bool), IdentityError> {
+    pub async fn token(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+    ) -> Result<(VaultToken, bool), IdentityError> {
         self.cache
             .get_or_login(key, || async {
-                let jwt = self.service_account_token(&key.namespace, &key.service_account).await?;
+                let jwt = self
+                    .service_account_token(&key.namespace, &key.service_account)
+                    .await?;
                 let result = client.login_kubernetes(&key.mount, &key.role, &jwt).await;
                 let outcome = if result.is_ok() { "success" } else { "failure" };
-                self.metrics.logins.get_or_create(&ResultLabels { result: outcome }).inc();
-                result.map_err(|source| IdentityError::Login { identity: key.to_string(), source })
+                self.metrics
+                    .logins
+                    .get_or_create(&ResultLabels { result: outcome })
+                    .inc();
+                result.map_err(|source| IdentityError::Login {
+                    identity: key.to_string(),
+                    source,
+                })
             })
             .await
     }
@@ -90,7 +120,11 @@ impl Identities {
         self.cache.invalidate(key, token).await;
     }
 
-    async fn service_account_token(&self, namespace: &str, service_account: &str) -> Result<String, IdentityError> {
+    async fn service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<String, IdentityError> {
         let api: Api<ServiceAccount> = Api::namespaced(self.kube.clone(), namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
@@ -100,9 +134,14 @@ impl Identities {
             }),
             ..Default::default()
         };
-        let answer = api.create_token_request(service_account, &PostParams::default(), &request).await.map_err(|source| {
-            IdentityError::TokenRequest { namespace: namespace.to_owned(), service_account: service_account.to_owned(), source }
-        })?;
+        let answer = api
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .map_err(|source| IdentityError::TokenRequest {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+                source,
+            })?;
         self.metrics.kube_write("tokenrequest");
         Ok(answer.status.and_then(|s| s.token).unwrap_or_default())
     }

@@ -31,32 +31,68 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args)?;
 
-    let client = kube::Client::try_default().await.context("failed to build a Kubernetes client")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to build a Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let mut connections = BTreeMap::new();
     for (name, spec) in args.connections()? {
         let ca_pem = match &spec.ca_file {
-            Some(file) => Some(std::fs::read(file).with_context(|| format!("failed to read CA file {}", file.display()))?),
+            Some(file) => Some(
+                std::fs::read(file)
+                    .with_context(|| format!("failed to read CA file {}", file.display()))?,
+            ),
             None => None,
         };
-        let config = VaultConfig { address: spec.address.clone(), ca_pem, timeout: args.vault_timeout };
+        let config = VaultConfig {
+            address: spec.address.clone(),
+            ca_pem,
+            timeout: args.vault_timeout,
+        };
         let observer: Arc<dyn vault::RequestObserver> = metrics.clone();
-        let client = VaultClient::new(&config, Some(observer)).map_err(anyhow::Error::msg).with_context(|| format!("connection {name:?}"))?;
-        let auth_mount = spec.auth_mount.clone().unwrap_or_else(|| args.vault_auth_mount.clone());
+        let client = VaultClient::new(&config, Some(observer))
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("connection {name:?}"))?;
+        let auth_mount = spec
+            .auth_mount
+            .clone()
+            .unwrap_or_else(|| args.vault_auth_mount.clone());
         tracing::info!(connection = %name, address = %spec.address, auth_mount = %auth_mount, "configured Vault connection");
         connections.insert(name, Connection { client, auth_mount });
     }
 
     let hmac_key = operator_key::load_or_create(client.clone(), &args.namespace).await?;
-    let identities = Identities::new(client.clone(), connections, args.token_audiences.clone(), args.token_ttl, metrics.clone());
-    let reporter = Reporter { controller: "vaultkeeper-operator".into(), instance: std::env::var("HOSTNAME").ok() };
+    let identities = Identities::new(
+        client.clone(),
+        connections,
+        args.token_audiences.clone(),
+        args.token_ttl,
+        metrics.clone(),
+    );
+    let reporter = Reporter {
+        controller: "vaultkeeper-operator".into(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
     let (secrets, secret_writer) = vault_secret::secret_store();
-    let ctx = Arc::new(Context::new(client, identities, recorder, metrics.clone(), secrets.clone(), hmac_key, args.refresh_concurrency));
+    let ctx = Arc::new(Context::new(
+        client,
+        identities,
+        recorder,
+        metrics.clone(),
+        secrets.clone(),
+        hmac_key,
+        args.refresh_concurrency,
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let http = tokio::spawn(http::serve(args.metrics_addr, metrics, ready.clone(), stopped(stop_rx.clone())));
+    let http = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics,
+        ready.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let controller = tokio::spawn(vault_secret::run(ctx, secret_writer, stopped(stop_rx)));
     tokio::spawn(async move {
         if secrets.wait_until_ready().await.is_ok() {
@@ -79,7 +115,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -87,8 +124,15 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    if args.log_format == "json" { builder.json().init() } else { builder.init() }
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if args.log_format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
     Ok(())
 }

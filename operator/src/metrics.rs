@@ -50,43 +50,86 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("vaultkeeper");
         let syncs = Family::<SyncLabels, Counter>::default();
-        registry.register("syncs", "Reconciles by kind and result (synced, unchanged, or an error category)", syncs.clone());
-        let sync_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
-        registry.register("sync_duration_seconds", "Duration of reconciles by kind", sync_duration.clone());
+        registry.register(
+            "syncs",
+            "Reconciles by kind and result (synced, unchanged, or an error category)",
+            syncs.clone(),
+        );
+        let sync_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of reconciles by kind",
+            sync_duration.clone(),
+        );
         let vault_requests = Family::<VaultRequestLabels, Counter>::default();
-        registry.register("vault_requests", "Vault requests by operation and HTTP status (or 'error')", vault_requests.clone());
-        let vault_request_duration =
-            Family::<KindLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
-        registry.register("vault_request_duration_seconds", "Duration of Vault requests by operation (label 'kind' holds the operation)", vault_request_duration.clone());
+        registry.register(
+            "vault_requests",
+            "Vault requests by operation and HTTP status (or 'error')",
+            vault_requests.clone(),
+        );
+        let vault_request_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "vault_request_duration_seconds",
+            "Duration of Vault requests by operation (label 'kind' holds the operation)",
+            vault_request_duration.clone(),
+        );
         let logins = Family::<ResultLabels, Counter>::default();
         registry.register("vault_logins", "Vault logins by result", logins.clone());
         let kube_writes = Family::<WriteLabels, Counter>::default();
-        registry.register("kube_writes", "Writes to the Kubernetes API by resource (secret, status, event)", kube_writes.clone());
-        Self { registry, syncs, sync_duration, vault_requests, vault_request_duration, logins, kube_writes }
+        registry.register(
+            "kube_writes",
+            "Writes to the Kubernetes API by resource (secret, status, event)",
+            kube_writes.clone(),
+        );
+        Self {
+            registry,
+            syncs,
+            sync_duration,
+            vault_requests,
+            vault_request_duration,
+            logins,
+            kube_writes,
+        }
     }
 }
 
 impl Metrics {
     pub fn sync(&self, kind: &'static str, result: &'static str, took: Duration) {
         self.syncs.get_or_create(&SyncLabels { kind, result }).inc();
-        self.sync_duration.get_or_create(&KindLabels { kind }).observe(took.as_secs_f64());
+        self.sync_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
     }
 
     pub fn kube_write(&self, resource: &'static str) {
-        self.kube_writes.get_or_create(&WriteLabels { resource }).inc();
+        self.kube_writes
+            .get_or_create(&WriteLabels { resource })
+            .inc();
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
 
 impl vault::RequestObserver for Metrics {
     fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
-        self.vault_requests.get_or_create(&VaultRequestLabels { operation, status: outcome.to_owned() }).inc();
-        self.vault_request_duration.get_or_create(&KindLabels { kind: operation }).observe(elapsed.as_secs_f64());
+        self.vault_requests
+            .get_or_create(&VaultRequestLabels {
+                operation,
+                status: outcome.to_owned(),
+            })
+            .inc();
+        self.vault_request_duration
+            .get_or_create(&KindLabels { kind: operation })
+            .observe(elapsed.as_secs_f64());
     }
 }

@@ -18,8 +18,15 @@ pub async fn load_or_create(client: kube::Client, namespace: &str) -> anyhow::Re
     let api: Api<Secret> = Api::namespaced(client, namespace);
     for _ in 0..3 {
         if let Some(secret) = api.get_opt(KEY_SECRET).await? {
-            let key = secret.data.and_then(|mut d| d.remove(KEY_FIELD)).map(|b| b.0).unwrap_or_default();
-            anyhow::ensure!(key.len() >= 32, "Secret {namespace}/{KEY_SECRET} has no usable {KEY_FIELD:?} (32 bytes or more)");
+            let key = secret
+                .data
+                .and_then(|mut d| d.remove(KEY_FIELD))
+                .map(|b| b.0)
+                .unwrap_or_default();
+            anyhow::ensure!(
+                key.len() >= 32,
+                "Secret {namespace}/{KEY_SECRET} has no usable {KEY_FIELD:?} (32 bytes or more)"
+            );
             return Ok(key);
         }
         let mut key = vec![0u8; 32];
@@ -27,10 +34,16 @@ pub async fn load_or_create(client: kube::Client, namespace: &str) -> anyhow::Re
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(KEY_SECRET.to_owned()),
-                labels: Some(BTreeMap::from([("app.kubernetes.io/name".to_owned(), "vaultkeeper".to_owned())])),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/name".to_owned(),
+                    "vaultkeeper".to_owned(),
+                )])),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([(KEY_FIELD.to_owned(), ByteString(key.clone()))])),
+            data: Some(BTreeMap::from([(
+                KEY_FIELD.to_owned(),
+                ByteString(key.clone()),
+            )])),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &secret).await {

@@ -18,22 +18,51 @@ pub struct TemplateError {
 /// Checks that every template parses (no data needed).
 pub fn check(templates: &BTreeMap<String, String>) -> Result<(), TemplateError> {
     for (key, text) in templates {
-        let mut template = Template::default();
-        template.parse(text.as_str()).map_err(|e| TemplateError { key: key.clone(), problem: format!("does not parse: {e}") })?;
+        parse(key, text)?;
     }
     Ok(())
 }
 
+/// Parses one template. gtmpl 0.7.1 never returns on an action that is not closed (`{{ .a `), so
+/// delimiters are checked first: a user's typo must give an error, not hang the operator.
+fn parse(key: &str, text: &str) -> Result<Template, TemplateError> {
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        match after.find("}}") {
+            Some(close) if !after[..close].contains("{{") => rest = &after[close + 2..],
+            _ => {
+                return Err(TemplateError {
+                    key: key.to_owned(),
+                    problem: "does not parse: an action opened with {{ is not closed with }}"
+                        .to_owned(),
+                });
+            }
+        }
+    }
+    let mut template = Template::default();
+    template.parse(text).map_err(|e| TemplateError {
+        key: key.to_owned(),
+        problem: format!("does not parse: {e}"),
+    })?;
+    Ok(template)
+}
+
 /// Renders every template over `data`; each top-level key of `data` is `.<key>`.
-pub fn render(templates: &BTreeMap<String, String>, data: &SecretData) -> Result<BTreeMap<String, String>, TemplateError> {
-    let context = Context::from(to_value(&serde_json::Value::Object(data.0.clone().into_iter().collect())));
+pub fn render(
+    templates: &BTreeMap<String, String>,
+    data: &SecretData,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    let context = Context::from(to_value(&serde_json::Value::Object(
+        data.0.clone().into_iter().collect(),
+    )));
     let mut out = BTreeMap::new();
     for (key, text) in templates {
-        let mut template = Template::default();
-        template.parse(text.as_str()).map_err(|e| TemplateError { key: key.clone(), problem: format!("does not parse: {e}") })?;
-        let rendered = template
-            .render(&context)
-            .map_err(|e| TemplateError { key: key.clone(), problem: format!("failed to render: {}", redact(&e.to_string(), data)) })?;
+        let template = parse(key, text)?;
+        let rendered = template.render(&context).map_err(|e| TemplateError {
+            key: key.clone(),
+            problem: format!("failed to render: {}", redact(&e.to_string(), data)),
+        })?;
         out.insert(key.clone(), rendered);
     }
     Ok(out)
@@ -62,7 +91,11 @@ fn to_value(json: &serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(items) => Value::Array(items.iter().map(to_value).collect()),
-        serde_json::Value::Object(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect::<HashMap<_, _>>()),
+        serde_json::Value::Object(map) => Value::Map(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_value(v)))
+                .collect::<HashMap<_, _>>(),
+        ),
     }
 }
 
@@ -78,17 +111,26 @@ mod tests {
     }
 
     fn templates(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn renders_keys_numbers_and_nesting() {
         let out = render(
             &templates(&[
-                ("DATABASE_URL", "postgres://{{ .username }}:{{ .password }}@db:{{ .port }}/app"),
+                (
+                    "DATABASE_URL",
+                    "postgres://{{ .username }}:{{ .password }}@db:{{ .port }}/app",
+                ),
                 ("first", "{{ index .hosts 0 }}"),
                 ("nested", "{{ .nested.x }}"),
-                ("all", "{{ range $k, $v := .nested }}{{ $k }}={{ $v }}{{ end }}"),
+                (
+                    "all",
+                    "{{ range $k, $v := .nested }}{{ $k }}={{ $v }}{{ end }}",
+                ),
             ]),
             &data(),
         )
@@ -103,7 +145,15 @@ mod tests {
     fn parse_errors_name_the_key() {
         let err = check(&templates(&[("url", "{{ .username "), ("ok", "x")])).unwrap_err();
         assert_eq!(err.key, "url");
-        assert!(err.to_string().starts_with("template for key \"url\" does not parse"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("template for key \"url\" does not parse"),
+            "{err}"
+        );
+        assert!(check(&templates(&[("a", "{{ .a {{ .b }}")])).is_err());
+        assert!(check(&templates(&[("a", "{{ .a }} and {{ if .b }}x{{ end }}")])).is_ok());
+        let err = check(&templates(&[("a", "{{ .a }}{{ end }}")])).unwrap_err();
+        assert!(err.problem.starts_with("does not parse"), "{err}");
     }
 
     #[test]

@@ -33,26 +33,49 @@ struct AuthBody {
 
 impl From<AuthBody> for AuthToken {
     fn from(body: AuthBody) -> Self {
-        Self { token: VaultToken::new(body.client_token), ttl: Duration::from_secs(body.lease_duration), renewable: body.renewable }
+        Self {
+            token: VaultToken::new(body.client_token),
+            ttl: Duration::from_secs(body.lease_duration),
+            renewable: body.renewable,
+        }
     }
 }
 
 impl VaultClient {
     /// Logs in to the Kubernetes auth method at `auth/<mount>` with a ServiceAccount token.
-    pub async fn login_kubernetes(&self, mount: &str, role: &str, jwt: &str) -> Result<AuthToken, VaultError> {
+    pub async fn login_kubernetes(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: &str,
+    ) -> Result<AuthToken, VaultError> {
         let path = format!("auth/{mount}/login");
         let body = json!({ "role": role, "jwt": jwt });
-        let answer: AuthEnvelope = self.request("login", Method::POST, &path, None, Some(&body)).await?;
+        let answer: AuthEnvelope = self
+            .request("login", Method::POST, &path, None, Some(&body))
+            .await?;
         Ok(answer.auth.into())
     }
 
     /// Renews the calling token (`auth/token/renew-self`), asking for `increment` more time.
-    pub async fn renew_self(&self, token: &VaultToken, increment: Option<Duration>) -> Result<AuthToken, VaultError> {
+    pub async fn renew_self(
+        &self,
+        token: &VaultToken,
+        increment: Option<Duration>,
+    ) -> Result<AuthToken, VaultError> {
         let body = match increment {
             Some(inc) => json!({ "increment": format!("{}s", inc.as_secs()) }),
             None => json!({}),
         };
-        let answer: AuthEnvelope = self.request("token_renew_self", Method::POST, "auth/token/renew-self", Some(token), Some(&body)).await?;
+        let answer: AuthEnvelope = self
+            .request(
+                "token_renew_self",
+                Method::POST,
+                "auth/token/renew-self",
+                Some(token),
+                Some(&body),
+            )
+            .await?;
         Ok(answer.auth.into())
     }
 }

@@ -38,24 +38,37 @@ pub struct VaultClient {
 
 impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultClient").field("address", &self.base).finish_non_exhaustive()
+        f.debug_struct("VaultClient")
+            .field("address", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
 impl VaultClient {
     /// Builds a client. Needs the process-wide crypto provider ([`crate::install_crypto_provider`]).
-    pub fn new(config: &VaultConfig, observer: Option<Arc<dyn RequestObserver>>) -> Result<Self, String> {
+    pub fn new(
+        config: &VaultConfig,
+        observer: Option<Arc<dyn RequestObserver>>,
+    ) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(90));
         if let Some(pem) = &config.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("invalid Vault CA bundle: {e}"))? {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("invalid Vault CA bundle: {e}"))?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder.build().map_err(|e| format!("failed to build the Vault HTTP client: {e}"))?;
-        Ok(Self { http, base: config.address.trim_end_matches('/').into(), observer })
+        let http = builder
+            .build()
+            .map_err(|e| format!("failed to build the Vault HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base: config.address.trim_end_matches('/').into(),
+            observer,
+        })
     }
 
     /// The server's base address.
@@ -85,15 +98,24 @@ impl VaultClient {
             Ok(response) => response,
             Err(err) => {
                 self.observe(operation, "error", started);
-                return Err(VaultError::Unreachable { operation, message: error_chain(&err) });
+                return Err(VaultError::Unreachable {
+                    operation,
+                    message: error_chain(&err),
+                });
             }
         };
         let status = response.status();
         let bytes = response.bytes().await;
         self.observe(operation, status.as_str(), started);
-        let bytes = bytes.map_err(|err| VaultError::Unreachable { operation, message: error_chain(&err) })?;
+        let bytes = bytes.map_err(|err| VaultError::Unreachable {
+            operation,
+            message: error_chain(&err),
+        })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|err| VaultError::Decode { operation, message: err.to_string() });
+            return serde_json::from_slice(&bytes).map_err(|err| VaultError::Decode {
+                operation,
+                message: err.to_string(),
+            });
         }
         Err(classify(operation, path, status, &bytes))
     }
@@ -110,15 +132,30 @@ fn classify(operation: &'static str, path: &str, status: StatusCode, body: &[u8]
     let message = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
-        .map(|errors| errors.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
         .unwrap_or_default();
     let path = path.to_owned();
     match status.as_u16() {
         503 if message.contains("sealed") => VaultError::Sealed { operation },
         403 => VaultError::PermissionDenied { operation, path },
         404 => VaultError::NotFound { operation, path },
-        429 | 500..=599 => VaultError::Unavailable { operation, status: status.as_u16(), message },
-        code => VaultError::Rejected { operation, path, status: code, message },
+        429 | 500..=599 => VaultError::Unavailable {
+            operation,
+            status: status.as_u16(),
+            message,
+        },
+        code => VaultError::Rejected {
+            operation,
+            path,
+            status: code,
+            message,
+        },
     }
 }
 
@@ -140,18 +177,44 @@ mod tests {
 
     #[test]
     fn classifies_vault_answers() {
-        let sealed = classify("kv2_metadata", "secret/metadata/x", StatusCode::SERVICE_UNAVAILABLE, br#"{"errors":["Vault is sealed"]}"#);
+        let sealed = classify(
+            "kv2_metadata",
+            "secret/metadata/x",
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"errors":["Vault is sealed"]}"#,
+        );
         assert!(matches!(sealed, VaultError::Sealed { .. }));
         assert!(sealed.is_outage());
-        let denied = classify("kv2_read", "secret/data/x", StatusCode::FORBIDDEN, br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#);
+        let denied = classify(
+            "kv2_read",
+            "secret/data/x",
+            StatusCode::FORBIDDEN,
+            br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#,
+        );
         assert_eq!(denied.category(), "permission_denied");
         assert!(!denied.is_outage());
-        assert_eq!(denied.to_string(), "failed to kv2_read at secret/data/x: permission denied");
+        assert_eq!(
+            denied.to_string(),
+            "failed to kv2_read at secret/data/x: permission denied"
+        );
         let missing = classify("kv2_read", "secret/data/x", StatusCode::NOT_FOUND, b"");
         assert!(matches!(missing, VaultError::NotFound { .. }));
-        let standby = classify("kv2_read", "p", StatusCode::SERVICE_UNAVAILABLE, br#"{"errors":["node is in standby"]}"#);
-        assert!(matches!(standby, VaultError::Unavailable { status: 503, .. }));
-        let bad = classify("login", "auth/kubernetes/login", StatusCode::BAD_REQUEST, br#"{"errors":["invalid role name \"x\""]}"#);
+        let standby = classify(
+            "kv2_read",
+            "p",
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"errors":["node is in standby"]}"#,
+        );
+        assert!(matches!(
+            standby,
+            VaultError::Unavailable { status: 503, .. }
+        ));
+        let bad = classify(
+            "login",
+            "auth/kubernetes/login",
+            StatusCode::BAD_REQUEST,
+            br#"{"errors":["invalid role name \"x\""]}"#,
+        );
         assert!(matches!(bad, VaultError::Rejected { status: 400, .. }));
         assert!(bad.to_string().contains("invalid role name"));
     }

@@ -7,7 +7,10 @@ use std::time::Duration;
 pub enum VaultError {
     /// No HTTP answer: connection refused, DNS, TLS, timeout.
     #[error("failed to reach Vault for {operation}: {message}")]
-    Unreachable { operation: &'static str, message: String },
+    Unreachable {
+        operation: &'static str,
+        message: String,
+    },
 
     /// Vault answered 503 because it is sealed.
     #[error("failed to {operation}: Vault is sealed")]
@@ -15,23 +18,41 @@ pub enum VaultError {
 
     /// Vault answered with a server error or asked us to slow down.
     #[error("failed to {operation}: Vault answered {status}: {message}")]
-    Unavailable { operation: &'static str, status: u16, message: String },
+    Unavailable {
+        operation: &'static str,
+        status: u16,
+        message: String,
+    },
 
     /// Vault answered 403 for this path (policy denies it, or the token is no longer valid).
     #[error("failed to {operation} at {path}: permission denied")]
-    PermissionDenied { operation: &'static str, path: String },
+    PermissionDenied {
+        operation: &'static str,
+        path: String,
+    },
 
     /// Vault answered 404 for this path.
     #[error("failed to {operation} at {path}: not found")]
-    NotFound { operation: &'static str, path: String },
+    NotFound {
+        operation: &'static str,
+        path: String,
+    },
 
     /// Vault rejected the request (400, or another 4xx): retrying the same request will not help.
     #[error("failed to {operation} at {path}: Vault answered {status}: {message}")]
-    Rejected { operation: &'static str, path: String, status: u16, message: String },
+    Rejected {
+        operation: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
 
     /// Vault answered 2xx with a body we could not understand.
     #[error("failed to {operation}: unexpected answer from Vault: {message}")]
-    Decode { operation: &'static str, message: String },
+    Decode {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 impl VaultError {
@@ -50,7 +71,10 @@ impl VaultError {
 
     /// Whether Vault itself is down or failing (as opposed to refusing this request).
     pub fn is_outage(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Sealed { .. } | Self::Unavailable { .. })
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Sealed { .. } | Self::Unavailable { .. }
+        )
     }
 
     /// A hint for how long to wait before retrying, when the error is an outage.

@@ -15,7 +15,9 @@ pub struct SecretData(pub BTreeMap<String, Value>);
 
 impl std::fmt::Debug for SecretData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretData").field("keys", &self.0.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("SecretData")
+            .field("keys", &self.0.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -101,27 +103,55 @@ struct Kv2ReadMeta {
 
 impl VaultClient {
     /// Reads the metadata of a KV v2 secret (`<mount>/metadata/<path>`); no data is transferred.
-    pub async fn kv2_metadata(&self, token: &VaultToken, mount: &str, path: &str) -> Result<KvMetadata, VaultError> {
+    pub async fn kv2_metadata(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+    ) -> Result<KvMetadata, VaultError> {
         let url = format!("{mount}/metadata/{path}");
-        let answer: Envelope<KvMetadata> = self.request("kv2_metadata", Method::GET, &url, Some(token), None).await?;
+        let answer: Envelope<KvMetadata> = self
+            .request("kv2_metadata", Method::GET, &url, Some(token), None)
+            .await?;
         Ok(answer.data)
     }
 
     /// Reads one version of a KV v2 secret (the latest when `version` is `None`).
-    pub async fn kv2_read(&self, token: &VaultToken, mount: &str, path: &str, version: Option<i64>) -> Result<KvVersion, VaultError> {
+    pub async fn kv2_read(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<KvVersion, VaultError> {
         let url = match version {
             Some(v) => format!("{mount}/data/{path}?version={v}"),
             None => format!("{mount}/data/{path}"),
         };
-        let answer: Envelope<Kv2Read> = self.request("kv2_read", Method::GET, &url, Some(token), None).await?;
-        let data = answer.data.data.ok_or_else(|| VaultError::NotFound { operation: "kv2_read", path: url.clone() })?;
-        Ok(KvVersion { version: answer.data.metadata.version, data })
+        let answer: Envelope<Kv2Read> = self
+            .request("kv2_read", Method::GET, &url, Some(token), None)
+            .await?;
+        let data = answer.data.data.ok_or_else(|| VaultError::NotFound {
+            operation: "kv2_read",
+            path: url.clone(),
+        })?;
+        Ok(KvVersion {
+            version: answer.data.metadata.version,
+            data,
+        })
     }
 
     /// Reads a KV v1 secret (`<mount>/<path>`).
-    pub async fn kv1_read(&self, token: &VaultToken, mount: &str, path: &str) -> Result<SecretData, VaultError> {
+    pub async fn kv1_read(
+        &self,
+        token: &VaultToken,
+        mount: &str,
+        path: &str,
+    ) -> Result<SecretData, VaultError> {
         let url = format!("{mount}/{path}");
-        let answer: Envelope<SecretData> = self.request("kv1_read", Method::GET, &url, Some(token), None).await?;
+        let answer: Envelope<SecretData> = self
+            .request("kv1_read", Method::GET, &url, Some(token), None)
+            .await?;
         Ok(answer.data)
     }
 }
@@ -149,7 +179,9 @@ mod tests {
 
     #[test]
     fn secret_data_debug_hides_values() {
-        let data: SecretData = serde_json::from_value(serde_json::json!({"password": "canary-s3cr3t", "port": 5432})).unwrap();
+        let data: SecretData =
+            serde_json::from_value(serde_json::json!({"password": "canary-s3cr3t", "port": 5432}))
+                .unwrap();
         let shown = format!("{data:?}");
         assert!(shown.contains("password"));
         assert!(!shown.contains("canary-s3cr3t"));

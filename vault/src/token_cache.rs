@@ -24,8 +24,15 @@ pub struct CachedToken {
 impl CachedToken {
     /// Caches `auth`, obtained at `now`, until two thirds of its TTL have passed.
     pub fn new(auth: AuthToken, now: Instant) -> Self {
-        let lifetime = if auth.ttl.is_zero() { MAX_REUSE } else { (auth.ttl * 2 / 3).min(MAX_REUSE) };
-        Self { token: auth.token, refresh_at: now + lifetime }
+        let lifetime = if auth.ttl.is_zero() {
+            MAX_REUSE
+        } else {
+            (auth.ttl * 2 / 3).min(MAX_REUSE)
+        };
+        Self {
+            token: auth.token,
+            refresh_at: now + lifetime,
+        }
     }
 }
 
@@ -38,7 +45,9 @@ pub struct TokenCache<K> {
 
 impl<K> Default for TokenCache<K> {
     fn default() -> Self {
-        Self { slots: Mutex::new(HashMap::new()) }
+        Self {
+            slots: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -95,7 +104,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn auth(token: &str, ttl_secs: u64) -> AuthToken {
-        AuthToken { token: VaultToken::new(token), ttl: Duration::from_secs(ttl_secs), renewable: true }
+        AuthToken {
+            token: VaultToken::new(token),
+            ttl: Duration::from_secs(ttl_secs),
+            renewable: true,
+        }
     }
 
     #[tokio::test]
@@ -142,17 +155,32 @@ mod tests {
     #[tokio::test]
     async fn invalidated_or_expiring_tokens_are_replaced() {
         let cache = TokenCache::<&str>::default();
-        let (first, fresh) = cache.get_or_login(&"id", || async { Ok::<_, ()>(auth("a", 600)) }).await.unwrap();
+        let (first, fresh) = cache
+            .get_or_login(&"id", || async { Ok::<_, ()>(auth("a", 600)) })
+            .await
+            .unwrap();
         assert!(fresh);
         cache.invalidate(&"id", &first).await;
-        let (second, fresh) = cache.get_or_login(&"id", || async { Ok::<_, ()>(auth("b", 0)) }).await.unwrap();
+        let (second, fresh) = cache
+            .get_or_login(&"id", || async { Ok::<_, ()>(auth("b", 0)) })
+            .await
+            .unwrap();
         assert!(fresh);
         assert_eq!(second.expose(), "b");
         // A stale invalidation (another token) leaves the current one alone.
         cache.invalidate(&"id", &first).await;
-        let (third, fresh) = cache.get_or_login(&"id", || async { Ok::<_, ()>(auth("c", 600)) }).await.unwrap();
+        let (third, fresh) = cache
+            .get_or_login(&"id", || async { Ok::<_, ()>(auth("c", 600)) })
+            .await
+            .unwrap();
         assert!(!fresh);
         assert_eq!(third.expose(), "b");
-        assert_eq!(CachedToken::new(auth("x", 30), Instant::now()).refresh_at.duration_since(Instant::now()).as_secs(), 19);
+        assert_eq!(
+            CachedToken::new(auth("x", 30), Instant::now())
+                .refresh_at
+                .duration_since(Instant::now())
+                .as_secs(),
+            19
+        );
     }
 }

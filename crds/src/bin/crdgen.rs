@@ -17,11 +17,17 @@ fn main() -> ExitCode {
             for file in files {
                 let on_disk = std::fs::read_to_string(file).unwrap_or_default();
                 if on_disk != yaml {
-                    eprintln!("{file} is out of date: run `cargo run -p vaultkeeper-crds --bin crdgen > {file}`");
+                    eprintln!(
+                        "{file} is out of date: run `cargo run -p vaultkeeper-crds --bin crdgen > {file}`"
+                    );
                     drifted = true;
                 }
             }
-            if drifted { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if drifted {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         _ => {
             eprintln!("usage: crdgen [--check FILE...]");

@@ -36,18 +36,34 @@ pub struct Plan {
 
 /// Checks what the CRD's CEL rules cannot: the connection exists, durations parse, templates parse.
 /// `auth_mount_of` gives the default auth mount of a configured connection.
-pub fn plan(vs: &VaultSecret, auth_mount_of: impl Fn(&str) -> Option<String>) -> Result<Plan, String> {
+pub fn plan(
+    vs: &VaultSecret,
+    auth_mount_of: impl Fn(&str) -> Option<String>,
+) -> Result<Plan, String> {
     let spec = &vs.spec;
-    let connection = spec.connection.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| DEFAULT_CONNECTION.to_owned());
-    let default_mount =
-        auth_mount_of(&connection).ok_or_else(|| format!("connection {connection:?} is not configured in the operator"))?;
-    let refresh = crds::duration::parse(&spec.refresh_interval)
-        .ok_or_else(|| format!("refreshInterval {:?} is not a duration such as 30s, 5m or 1h", spec.refresh_interval))?;
+    let connection = spec
+        .connection
+        .clone()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned());
+    let default_mount = auth_mount_of(&connection)
+        .ok_or_else(|| format!("connection {connection:?} is not configured in the operator"))?;
+    let refresh = crds::duration::parse(&spec.refresh_interval).ok_or_else(|| {
+        format!(
+            "refreshInterval {:?} is not a duration such as 30s, 5m or 1h",
+            spec.refresh_interval
+        )
+    })?;
     if refresh < Duration::from_secs(10) {
-        return Err(format!("refreshInterval {} is shorter than the minimum of 10s", spec.refresh_interval));
+        return Err(format!(
+            "refreshInterval {} is shorter than the minimum of 10s",
+            spec.refresh_interval
+        ));
     }
     if spec.source.version.is_some() && spec.source.engine == KvEngine::KvV1 {
-        return Err("source.version pins a KV v2 version; it cannot be used with engine kv-v1".to_owned());
+        return Err(
+            "source.version pins a KV v2 version; it cannot be used with engine kv-v1".to_owned(),
+        );
     }
     template::check(&spec.destination.templates).map_err(|e| e.to_string())?;
     Ok(Plan {
@@ -56,7 +72,12 @@ pub fn plan(vs: &VaultSecret, auth_mount_of: impl Fn(&str) -> Option<String>) ->
             namespace: vs.namespace().unwrap_or_default(),
             service_account: spec.auth.service_account_name.clone(),
             role: spec.auth.role.clone(),
-            mount: spec.auth.mount.clone().filter(|m| !m.is_empty()).unwrap_or(default_mount),
+            mount: spec
+                .auth
+                .mount
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or(default_mount),
         },
         refresh,
         display_path: format!("{}/{}", spec.source.mount, spec.source.path),
@@ -64,8 +85,14 @@ pub fn plan(vs: &VaultSecret, auth_mount_of: impl Fn(&str) -> Option<String>) ->
 }
 
 /// The Secret data: the raw Vault keys plus the templated keys (templated keys win).
-pub fn secret_data(raw: BTreeMap<String, String>, templated: BTreeMap<String, String>) -> BTreeMap<String, Vec<u8>> {
-    raw.into_iter().chain(templated).map(|(k, v)| (k, v.into_bytes())).collect()
+pub fn secret_data(
+    raw: BTreeMap<String, String>,
+    templated: BTreeMap<String, String>,
+) -> BTreeMap<String, Vec<u8>> {
+    raw.into_iter()
+        .chain(templated)
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect()
 }
 
 /// HMAC-SHA256 of the data under the operator key: stable for equal data, reveals nothing.
@@ -83,23 +110,38 @@ pub fn data_hmac(key: &[u8], data: &BTreeMap<String, Vec<u8>>) -> String {
 
 /// The HMAC of what a Secret holds now.
 pub fn existing_hmac(key: &[u8], secret: &Secret) -> String {
-    let data: BTreeMap<String, Vec<u8>> =
-        secret.data.clone().unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect();
     data_hmac(key, &data)
 }
 
 /// The whole destination Secret as the operator applies it.
-pub fn build_secret(vs: &VaultSecret, data: BTreeMap<String, Vec<u8>>, version: Option<i64>) -> Secret {
+pub fn build_secret(
+    vs: &VaultSecret,
+    data: BTreeMap<String, Vec<u8>>,
+    version: Option<i64>,
+) -> Secret {
     let dest = &vs.spec.destination;
     let mut labels = dest.labels.clone();
-    labels.insert(crds::MANAGED_BY_LABEL.to_owned(), crds::MANAGED_BY_VALUE.to_owned());
+    labels.insert(
+        crds::MANAGED_BY_LABEL.to_owned(),
+        crds::MANAGED_BY_VALUE.to_owned(),
+    );
     labels.insert(OWNER_LABEL.to_owned(), vs.name_any());
     let mut annotations = dest.annotations.clone();
     let engine = match vs.spec.source.engine {
         KvEngine::KvV1 => "kv-v1",
         KvEngine::KvV2 => "kv-v2",
     };
-    annotations.insert(SOURCE_ANNOTATION.to_owned(), format!("{engine}:{}/{}", vs.spec.source.mount, vs.spec.source.path));
+    annotations.insert(
+        SOURCE_ANNOTATION.to_owned(),
+        format!("{engine}:{}/{}", vs.spec.source.mount, vs.spec.source.path),
+    );
     if let Some(version) = version {
         annotations.insert(SOURCE_VERSION_ANNOTATION.to_owned(), version.to_string());
     }
@@ -132,7 +174,10 @@ fn owner_reference(vs: &VaultSecret) -> OwnerReference {
 /// Whether `secret` belongs to `vs` (so the operator may overwrite it).
 pub fn owned_by(secret: &Secret, vs: &VaultSecret) -> bool {
     let uid = vs.uid().unwrap_or_default();
-    secret.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
 /// The Ready condition after a successful sync.
@@ -150,10 +195,19 @@ pub fn synced_condition(vs: &VaultSecret, plan: &Plan, version: Option<i64>) -> 
 }
 
 /// The sentence added to failure messages while the Secret keeps older data.
-pub fn keeps_data_note(secret_name: &str, verified_at: Option<&Time>, version: Option<i64>) -> String {
-    let version = version.map(|v| format!(" (version {v})")).unwrap_or_default();
+pub fn keeps_data_note(
+    secret_name: &str,
+    verified_at: Option<&Time>,
+    version: Option<i64>,
+) -> String {
+    let version = version
+        .map(|v| format!(" (version {v})"))
+        .unwrap_or_default();
     match verified_at {
-        Some(t) => format!("; Secret {secret_name:?} is left unchanged and holds the data last synced at {}{version}", t.0),
+        Some(t) => format!(
+            "; Secret {secret_name:?} is left unchanged and holds the data last synced at {}{version}",
+            t.0
+        ),
         None => format!("; Secret {secret_name:?} is left unchanged{version}"),
     }
 }
@@ -168,8 +222,17 @@ mod tests {
             "app-config",
             VaultSecretSpec {
                 connection: None,
-                auth: VaultAuth { role: "app".into(), service_account_name: "web".into(), mount: None },
-                source: KvSource { engine: KvEngine::KvV2, mount: "secret".into(), path: "apps/web".into(), version: None },
+                auth: VaultAuth {
+                    role: "app".into(),
+                    service_account_name: "web".into(),
+                    mount: None,
+                },
+                source: KvSource {
+                    engine: KvEngine::KvV2,
+                    mount: "secret".into(),
+                    path: "apps/web".into(),
+                    version: None,
+                },
                 refresh_interval: "30s".into(),
                 destination: Destination {
                     name: "web-config".into(),
@@ -203,12 +266,18 @@ mod tests {
     fn rejects_what_cannot_work() {
         let mut vs = vault_secret();
         vs.spec.connection = Some("other".into());
-        assert_eq!(plan(&vs, mounts).unwrap_err(), "connection \"other\" is not configured in the operator");
+        assert_eq!(
+            plan(&vs, mounts).unwrap_err(),
+            "connection \"other\" is not configured in the operator"
+        );
         let mut vs = vault_secret();
         vs.spec.refresh_interval = "5s".into();
         assert!(plan(&vs, mounts).unwrap_err().contains("minimum of 10s"));
         let mut vs = vault_secret();
-        vs.spec.destination.templates.insert("url".into(), "{{ .user ".into());
+        vs.spec
+            .destination
+            .templates
+            .insert("url".into(), "{{ .user ".into());
         assert!(plan(&vs, mounts).unwrap_err().contains("does not parse"));
         let mut vs = vault_secret();
         vs.spec.source.engine = KvEngine::KvV1;
@@ -220,21 +289,30 @@ mod tests {
     fn builds_an_owned_labelled_secret() {
         let vs = vault_secret();
         let data = secret_data(
-            BTreeMap::from([("user".into(), "raw".into()), ("url".into(), "raw-url".into())]),
+            BTreeMap::from([
+                ("user".into(), "raw".into()),
+                ("url".into(), "raw-url".into()),
+            ]),
             BTreeMap::from([("url".into(), "templated".into())]),
         );
         let secret = build_secret(&vs, data, Some(3));
         let labels = secret.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "vaultkeeper");
         assert_eq!(labels["team"], "a");
-        assert_eq!(secret.metadata.annotations.as_ref().unwrap()[SOURCE_VERSION_ANNOTATION], "3");
+        assert_eq!(
+            secret.metadata.annotations.as_ref().unwrap()[SOURCE_VERSION_ANNOTATION],
+            "3"
+        );
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
         let data = secret.data.as_ref().unwrap();
         assert_eq!(data["url"].0, b"templated");
         assert_eq!(data["user"].0, b"raw");
         assert!(owned_by(&secret, &vs));
         let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.api_version.as_str()), ("VaultSecret", "vaultkeeper.dev/v1alpha1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.api_version.as_str()),
+            ("VaultSecret", "vaultkeeper.dev/v1alpha1")
+        );
     }
 
     #[test]

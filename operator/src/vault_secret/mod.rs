@@ -40,11 +40,23 @@ pub enum Error {
     Identity(#[from] IdentityError),
     #[error("{source}")]
     ReadSource { source: VaultError },
-    #[error("Vault denied reading {path} to role {role:?} of {identity}; check the policies of that role")]
-    Denied { path: String, role: String, identity: String },
+    #[error(
+        "Vault denied reading {path} to role {role:?} of {identity}; check the policies of that role"
+    )]
+    Denied {
+        path: String,
+        role: String,
+        identity: String,
+    },
     #[error("version {version} of {path} is {state}")]
-    VersionGone { path: String, version: i64, state: &'static str },
-    #[error("Secret {name:?} already exists and is not managed by this VaultSecret; delete it or choose another destination.name")]
+    VersionGone {
+        path: String,
+        version: i64,
+        state: &'static str,
+    },
+    #[error(
+        "Secret {name:?} already exists and is not managed by this VaultSecret; delete it or choose another destination.name"
+    )]
     SecretConflict { name: String },
     #[error("failed to render destination: {0}")]
     Render(#[from] template::TemplateError),
@@ -62,22 +74,33 @@ impl Error {
         match self {
             Self::InvalidSpec(_) | Self::Render(_) => reasons::INVALID_SPEC,
             Self::Identity(IdentityError::TokenRequest { .. }) => reasons::TOKEN_REQUEST_FAILED,
-            Self::Identity(IdentityError::Login { source, .. }) | Self::ReadSource { source, .. } => match source {
+            Self::Identity(IdentityError::Login { source, .. })
+            | Self::ReadSource { source, .. } => match source {
                 e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
-                VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => reasons::PERMISSION_DENIED,
+                VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
+                    reasons::PERMISSION_DENIED
+                }
                 VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
                 _ => reasons::VAULT_UNAVAILABLE,
             },
             Self::Denied { .. } => reasons::PERMISSION_DENIED,
             Self::VersionGone { .. } => reasons::SOURCE_VERSION_DELETED,
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
-            Self::GetSecret { .. } | Self::ApplySecret { .. } | Self::PatchStatus(_) => reasons::KUBERNETES_ERROR,
+            Self::GetSecret { .. } | Self::ApplySecret { .. } | Self::PatchStatus(_) => {
+                reasons::KUBERNETES_ERROR
+            }
         }
     }
 
     /// Whether the Secret may hold data that is now stale (worth saying in the message).
     fn keeps_old_data(&self) -> bool {
-        matches!(self.reason(), reasons::VAULT_UNAVAILABLE | reasons::SOURCE_VERSION_DELETED | reasons::PERMISSION_DENIED | reasons::SOURCE_NOT_FOUND)
+        matches!(
+            self.reason(),
+            reasons::VAULT_UNAVAILABLE
+                | reasons::SOURCE_VERSION_DELETED
+                | reasons::PERMISSION_DENIED
+                | reasons::SOURCE_NOT_FOUND
+        )
     }
 }
 
@@ -90,12 +113,19 @@ pub async fn run(
     let client = ctx.client.clone();
     let (reader, writer) = reflector::store::<VaultSecret>();
     // Status-only updates (our own patches) do not change the generation and trigger nothing.
-    let resources = watcher(Api::<VaultSecret>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let managed = watcher::Config::default().labels(&format!("{}={}", crds::MANAGED_BY_LABEL, crds::MANAGED_BY_VALUE));
+    let resources = watcher(
+        Api::<VaultSecret>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crds::MANAGED_BY_LABEL,
+        crds::MANAGED_BY_VALUE
+    ));
     let secrets = watcher(Api::<Secret>::all(client), managed)
         .default_backoff()
         .modify(|secret| secret.managed_fields_mut().clear())
@@ -115,7 +145,9 @@ pub async fn run(
 
 fn error_policy(vs: Arc<VaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     match error {
-        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. } => Action::await_change(),
+        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. } => {
+            Action::await_change()
+        }
         _ => Action::requeue(ctx.backoff(&vs.uid().unwrap_or_default())),
     }
 }
@@ -126,58 +158,121 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
     let _ = ctx.secrets.wait_until_ready().await;
     let uid = vs.uid().unwrap_or_default();
     let status = vs.status.clone().unwrap_or_default();
-    let plan = desired::plan(&vs, |name| ctx.identities.connection(name).map(|c| c.auth_mount.clone())).map_err(Error::InvalidSpec);
+    let plan = desired::plan(&vs, |name| {
+        ctx.identities
+            .connection(name)
+            .map(|c| c.auth_mount.clone())
+    })
+    .map_err(Error::InvalidSpec);
 
     // A resource already in sync at this generation is a periodic refresh: it takes a permit of the
     // refresh lane, while new and changed resources go straight through.
     let is_refresh = status.observed_generation == vs.metadata.generation
-        && conditions::find(&status.conditions, condition_types::READY).is_some_and(|c| c.status == "True");
-    let _permit = if is_refresh { Some(ctx.refresh_lane.acquire().await.expect("refresh lane never closes")) } else { None };
+        && conditions::find(&status.conditions, condition_types::READY)
+            .is_some_and(|c| c.status == "True");
+    let _permit = if is_refresh {
+        Some(
+            ctx.refresh_lane
+                .acquire()
+                .await
+                .expect("refresh lane never closes"),
+        )
+    } else {
+        None
+    };
 
     let outcome = match plan {
         Ok(plan) => sync(&vs, &plan, &ctx).await.map(|synced| (plan, synced)),
         Err(err) => Err(err),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let result = match outcome {
+    match outcome {
         Ok((plan, synced)) => {
             let new_status = VaultSecretStatus {
-                conditions: conditions::set(&status.conditions, desired::synced_condition(&vs, &plan, synced.version), vs.metadata.generation, &now),
+                conditions: conditions::set(
+                    &status.conditions,
+                    desired::synced_condition(&vs, &plan, synced.version),
+                    vs.metadata.generation,
+                    &now,
+                ),
                 observed_generation: vs.metadata.generation,
                 synced_version: synced.version,
                 data_hmac: Some(synced.hmac),
-                last_change_time: if synced.written { Some(now.clone()) } else { status.last_change_time.clone() },
+                last_change_time: if synced.written {
+                    Some(now.clone())
+                } else {
+                    status.last_change_time.clone()
+                },
             };
             patch_status(&vs, &ctx, &status, new_status).await?;
             if synced.written {
-                publish(&ctx, &vs, EventType::Normal, reasons::SYNCED, format!("Wrote Secret {:?} ({})", vs.spec.destination.name, plan.display_path)).await;
+                publish(
+                    &ctx,
+                    &vs,
+                    EventType::Normal,
+                    reasons::SYNCED,
+                    format!(
+                        "Wrote Secret {:?} ({})",
+                        vs.spec.destination.name, plan.display_path
+                    ),
+                )
+                .await;
             }
             ctx.succeeded(&uid);
-            ctx.metrics.sync(KIND, if synced.written { "synced" } else { "unchanged" }, started.elapsed());
+            ctx.metrics.sync(
+                KIND,
+                if synced.written {
+                    "synced"
+                } else {
+                    "unchanged"
+                },
+                started.elapsed(),
+            );
             Ok(Action::requeue(jitter(plan.refresh, 0.1)))
         }
         Err(err) => {
             let mut message = err.to_string();
             if err.keeps_old_data() && status.data_hmac.is_some() {
-                message.push_str(&desired::keeps_data_note(&vs.spec.destination.name, status.last_change_time.as_ref(), status.synced_version));
+                message.push_str(&desired::keeps_data_note(
+                    &vs.spec.destination.name,
+                    status.last_change_time.as_ref(),
+                    status.synced_version,
+                ));
             }
-            let condition = Desired { type_: condition_types::READY, status: false, reason: err.reason(), message };
-            let was = conditions::find(&status.conditions, condition_types::READY).map(|c| (c.status.clone(), c.reason.clone()));
+            let condition = Desired {
+                type_: condition_types::READY,
+                status: false,
+                reason: err.reason(),
+                message,
+            };
+            let was = conditions::find(&status.conditions, condition_types::READY)
+                .map(|c| (c.status.clone(), c.reason.clone()));
             let new_status = VaultSecretStatus {
-                conditions: conditions::set(&status.conditions, condition.clone(), vs.metadata.generation, &now),
+                conditions: conditions::set(
+                    &status.conditions,
+                    condition.clone(),
+                    vs.metadata.generation,
+                    &now,
+                ),
                 observed_generation: vs.metadata.generation,
                 ..status.clone()
             };
             patch_status(&vs, &ctx, &status, new_status).await?;
             if was != Some(("False".to_owned(), err.reason().to_owned())) {
-                publish(&ctx, &vs, EventType::Warning, err.reason(), condition.message).await;
+                publish(
+                    &ctx,
+                    &vs,
+                    EventType::Warning,
+                    err.reason(),
+                    condition.message,
+                )
+                .await;
             }
             tracing::warn!(namespace = vs.namespace().unwrap_or_default(), name = vs.name_any(), reason = err.reason(), error = %err, "VaultSecret not synced");
             ctx.metrics.sync(KIND, err.reason(), started.elapsed());
             Err(err)
         }
-    };
-    result
+    }
 }
 
 /// What a successful sync did.
@@ -189,48 +284,95 @@ struct Synced {
 
 /// Brings the Secret in line with Vault. Reads data only when needed; writes only on change.
 async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Error> {
-    let connection = ctx.identities.connection(&plan.identity.connection).expect("plan checked the connection");
+    let connection = ctx
+        .identities
+        .connection(&plan.identity.connection)
+        .expect("plan checked the connection");
     let client = &connection.client;
     let status = vs.status.clone().unwrap_or_default();
     let namespace = vs.namespace().unwrap_or_default();
     let dest = &vs.spec.destination.name;
     let existing = ctx.secrets.get(&ObjectRef::new(dest).within(&namespace));
-    let existing_hmac = existing.as_deref().map(|s| desired::existing_hmac(&ctx.hmac_key, s));
+    let existing_hmac = existing
+        .as_deref()
+        .map(|s| desired::existing_hmac(&ctx.hmac_key, s));
     let spec_unchanged = status.observed_generation == vs.metadata.generation;
     let source = &vs.spec.source;
 
     let (data, version) = match source.engine {
         KvEngine::KvV2 => {
-            let metadata =
-                with_token(ctx, &plan.identity, client, |token| async move { client.kv2_metadata(&token, &source.mount, &source.path).await })
+            let metadata = with_token(ctx, &plan.identity, client, |token| async move {
+                client
+                    .kv2_metadata(&token, &source.mount, &source.path)
                     .await
-                    .map_err(|e| read_error(plan, e))?;
+            })
+            .await
+            .map_err(|e| read_error(plan, e))?;
             let version = source.version.unwrap_or(metadata.current_version);
             match metadata.state_of(version) {
                 KvVersionState::Live => {}
-                KvVersionState::Deleted => return Err(Error::VersionGone { path: plan.display_path.clone(), version, state: "deleted" }),
-                KvVersionState::Destroyed => return Err(Error::VersionGone { path: plan.display_path.clone(), version, state: "destroyed" }),
-                KvVersionState::Missing => return Err(Error::VersionGone { path: plan.display_path.clone(), version, state: "missing" }),
+                KvVersionState::Deleted => {
+                    return Err(Error::VersionGone {
+                        path: plan.display_path.clone(),
+                        version,
+                        state: "deleted",
+                    });
+                }
+                KvVersionState::Destroyed => {
+                    return Err(Error::VersionGone {
+                        path: plan.display_path.clone(),
+                        version,
+                        state: "destroyed",
+                    });
+                }
+                KvVersionState::Missing => {
+                    return Err(Error::VersionGone {
+                        path: plan.display_path.clone(),
+                        version,
+                        state: "missing",
+                    });
+                }
             }
             // Unchanged version, spec and Secret: nothing else to read or write.
-            if spec_unchanged && status.synced_version == Some(version) && existing_hmac.is_some() && existing_hmac == status.data_hmac {
-                return Ok(Synced { version: Some(version), hmac: existing_hmac.unwrap_or_default(), written: false });
+            if spec_unchanged
+                && status.synced_version == Some(version)
+                && existing_hmac.is_some()
+                && existing_hmac == status.data_hmac
+            {
+                return Ok(Synced {
+                    version: Some(version),
+                    hmac: existing_hmac.unwrap_or_default(),
+                    written: false,
+                });
             }
             let read = with_token(ctx, &plan.identity, client, |token| async move {
-                client.kv2_read(&token, &source.mount, &source.path, Some(version)).await
+                client
+                    .kv2_read(&token, &source.mount, &source.path, Some(version))
+                    .await
             })
             .await
             .map_err(|e| read_error(plan, e))?;
             (read.data, Some(read.version))
         }
         KvEngine::KvV1 => {
-            let data = with_token(ctx, &plan.identity, client, |token| async move { client.kv1_read(&token, &source.mount, &source.path).await })
-                .await
-                .map_err(|e| read_error(plan, e))?;
+            let data = with_token(ctx, &plan.identity, client, |token| async move {
+                client.kv1_read(&token, &source.mount, &source.path).await
+            })
+            .await
+            .map_err(|e| read_error(plan, e))?;
             (data, None)
         }
     };
-    write_if_changed(vs, ctx, &data, version, existing.as_deref(), existing_hmac, spec_unchanged).await
+    write_if_changed(
+        vs,
+        ctx,
+        &data,
+        version,
+        existing.as_deref(),
+        existing_hmac,
+        spec_unchanged,
+    )
+    .await
 }
 
 async fn write_if_changed(
@@ -247,18 +389,37 @@ async fn write_if_changed(
     let hmac = desired::data_hmac(&ctx.hmac_key, &secret_data);
     let name = vs.spec.destination.name.clone();
     let existing_version = existing
-        .and_then(|s| s.annotations().get(desired::SOURCE_VERSION_ANNOTATION).cloned())
+        .and_then(|s| {
+            s.annotations()
+                .get(desired::SOURCE_VERSION_ANNOTATION)
+                .cloned()
+        })
         .and_then(|v| v.parse::<i64>().ok());
-    if spec_unchanged && existing_hmac.as_deref() == Some(hmac.as_str()) && existing_version == version {
-        return Ok(Synced { version, hmac, written: false });
+    if spec_unchanged
+        && existing_hmac.as_deref() == Some(hmac.as_str())
+        && existing_version == version
+    {
+        return Ok(Synced {
+            version,
+            hmac,
+            written: false,
+        });
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
     match existing {
-        Some(secret) if !desired::owned_by(secret, vs) => return Err(Error::SecretConflict { name }),
+        Some(secret) if !desired::owned_by(secret, vs) => {
+            return Err(Error::SecretConflict { name });
+        }
         Some(_) => {}
         // Not in the managed cache: it may still exist unmanaged, which we must not overwrite.
         None => {
-            let found = api.get_opt(&name).await.map_err(|source| Error::GetSecret { name: name.clone(), source })?;
+            let found = api
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::GetSecret {
+                    name: name.clone(),
+                    source,
+                })?;
             if let Some(secret) = found
                 && !desired::owned_by(&secret, vs)
             {
@@ -267,17 +428,33 @@ async fn write_if_changed(
         }
     }
     let secret = desired::build_secret(vs, secret_data, version);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-        .await
-        .map_err(|source| Error::ApplySecret { name: name.clone(), source })?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .map_err(|source| Error::ApplySecret {
+        name: name.clone(),
+        source,
+    })?;
     ctx.metrics.kube_write("secret");
     tracing::info!(namespace = vs.namespace().unwrap_or_default(), name = vs.name_any(), secret = %name, version, "wrote Secret");
-    Ok(Synced { version, hmac, written: true })
+    Ok(Synced {
+        version,
+        hmac,
+        written: true,
+    })
 }
 
 /// Runs a Vault call with the identity's token. A 403 on a cached token may mean the token was
 /// revoked, so that case is retried once with a fresh login before it counts as denied.
-async fn with_token<T, F, Fut>(ctx: &Context, identity: &IdentityKey, client: &VaultClient, call: F) -> Result<T, Error>
+async fn with_token<T, F, Fut>(
+    ctx: &Context,
+    identity: &IdentityKey,
+    client: &VaultClient,
+    call: F,
+) -> Result<T, Error>
 where
     F: Fn(VaultToken) -> Fut,
     Fut: std::future::Future<Output = Result<T, VaultError>>,
@@ -287,7 +464,9 @@ where
         Err(VaultError::PermissionDenied { .. }) if !fresh => {
             ctx.identities.forget(identity, &token).await;
             let (token, _) = ctx.identities.token(identity, client).await?;
-            call(token).await.map_err(|source| Error::ReadSource { source })
+            call(token)
+                .await
+                .map_err(|source| Error::ReadSource { source })
         }
         other => other.map_err(|source| Error::ReadSource { source }),
     }
@@ -296,29 +475,50 @@ where
 /// Turns a 403 into a denial that names the path people know (`mount/path`) and the role.
 fn read_error(plan: &Plan, err: Error) -> Error {
     match err {
-        Error::ReadSource { source: VaultError::PermissionDenied { .. } } => Error::Denied {
+        Error::ReadSource {
+            source: VaultError::PermissionDenied { .. },
+        } => Error::Denied {
             path: plan.display_path.clone(),
             role: plan.identity.role.clone(),
-            identity: format!("ServiceAccount {}/{}", plan.identity.namespace, plan.identity.service_account),
+            identity: format!(
+                "ServiceAccount {}/{}",
+                plan.identity.namespace, plan.identity.service_account
+            ),
         },
         other => other,
     }
 }
 
-async fn patch_status(vs: &VaultSecret, ctx: &Context, current: &VaultSecretStatus, new: VaultSecretStatus) -> Result<(), Error> {
+async fn patch_status(
+    vs: &VaultSecret,
+    ctx: &Context,
+    current: &VaultSecretStatus,
+    new: VaultSecretStatus,
+) -> Result<(), Error> {
     if vs.status.is_some() && current == &new {
         return Ok(());
     }
-    let api: Api<VaultSecret> = Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
-    api.patch_status(&vs.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": new })))
-        .await
-        .map_err(Error::PatchStatus)?;
+    let api: Api<VaultSecret> =
+        Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
+    api.patch_status(
+        &vs.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
     ctx.metrics.kube_write("status");
     Ok(())
 }
 
 async fn publish(ctx: &Context, vs: &VaultSecret, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.to_owned(), note: Some(note), action: "Sync".to_owned(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Sync".to_owned(),
+        secondary: None,
+    };
     if let Err(err) = ctx.recorder.publish(&event, &vs.object_ref(&())).await {
         tracing::debug!(error = %err, "failed to publish event");
     } else {
