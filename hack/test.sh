@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test the project has today: formatting, lints, generated-file drift, unit tests.
-# The real-stack tier (kube-apiserver, etcd, OpenBao, PostgreSQL) joins this command when it lands.
+# Runs every test the project has: formatting, lints, generated-file drift, unit tests, and the
+# real-stack tier (kube-apiserver, etcd, kwok, OpenBao, PostgreSQL installed and started by
+# e2e/stack/, cached under ~/.cache/vaultkeeper).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -16,5 +17,14 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
+
+echo "== installing the local stack (cached; about 8 minutes cold)"
+bash e2e/stack/install.sh
+
+echo "== real-stack tests"
+cargo build -q -p vaultkeeper-operator
+python3 e2e/stack/stack.py down --state-dir target/stack
+rm -rf target/stack
+python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/smoke.sh
 
 echo "== all checks passed in $((SECONDS - started))s"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Real-stack smoke test of the VaultSecret path, run inside `stack.py run` (env from the launcher):
+# real kube-apiserver + etcd + kwok, real OpenBao with Kubernetes auth (real TokenReview).
+# A first slice of the integration tier; the Rust e2e suite replaces it as it grows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$VK_BIN:$PATH
+OP_LOG=$VK_STACK_DIR/logs/operator.log
+METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+CANARY=canary-s3cr3t-$RANDOM$RANDOM
+pass=0; fail=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
+eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
+  local until=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
+}
+metric() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+secret_key() { kubectl -n app1 get secret app-config -o "jsonpath={.data.$1}" | base64 -d; }
+
+kubectl apply -f manifests/crds.yaml >/dev/null
+kubectl wait --for=condition=Established crd/vaultsecrets.vaultkeeper.dev >/dev/null
+kubectl create namespace app1 >/dev/null
+kubectl -n app1 create serviceaccount web >/dev/null
+printf 'path "secret/data/app1/*" { capabilities = ["read"] }\npath "secret/metadata/app1/*" { capabilities = ["read"] }\n' | bao policy write app1 - >/dev/null
+bao write auth/kubernetes/role/app1 bound_service_account_names=web bound_service_account_namespaces=app1 policies=app1 ttl=1h >/dev/null
+bao kv put secret/app1/config username=app password="$CANARY" >/dev/null
+
+./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" >"$OP_LOG" 2>&1 &
+OP_PID=$!
+trap 'kill $OP_PID 2>/dev/null || true' EXIT
+eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator never became ready"
+
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: config, namespace: app1}
+spec:
+  auth: {role: app1, serviceAccountName: web}
+  source: {engine: kv-v2, mount: secret, path: app1/config}
+  refreshInterval: 10s
+  destination:
+    name: app-config
+    templates: {DATABASE_URL: "postgres://{{ .username }}:{{ .password }}@db/app"}
+EOF
+if eventually 20 kubectl -n app1 get secret app-config; then
+  [ "$(secret_key username)" = app ] && [ "$(secret_key password)" = "$CANARY" ] && ok "Secret holds the KV data" || bad "Secret data differs from KV"
+  [ "$(secret_key DATABASE_URL)" = "postgres://app:$CANARY@db/app" ] && ok "templated key rendered" || bad "templated key wrong"
+else
+  bad "Secret never appeared"
+fi
+eventually 10 bash -c '[ "$(kubectl -n app1 get vsec config -o jsonpath="{.status.conditions[0].reason}")" = Synced ]' && ok "Ready=True Synced" || bad "not Synced"
+
+# Unchanged refreshes: metadata reads only, no data read, no Secret write.
+reads=$(metric 'vaultkeeper_vault_requests_total{operation="kv2_read"'); writes=$(metric 'vaultkeeper_kube_writes_total{resource="secret"}')
+meta=$(metric 'vaultkeeper_vault_requests_total{operation="kv2_metadata"')
+sleep 25
+[ "$(metric 'vaultkeeper_vault_requests_total{operation="kv2_read"')" = "$reads" ] && ok "no data read on unchanged refresh" || bad "data read on unchanged refresh"
+[ "$(metric 'vaultkeeper_kube_writes_total{resource="secret"}')" = "$writes" ] && ok "no Secret write on unchanged refresh" || bad "Secret written on unchanged refresh"
+[ "$(metric 'vaultkeeper_vault_requests_total{operation="kv2_metadata"')" -gt "$meta" ] && ok "refresh polls metadata" || bad "no metadata poll"
+
+# A KV update arrives within refreshInterval plus a few seconds.
+bao kv put secret/app1/config username=app2 password="$CANARY" >/dev/null
+eventually 20 bash -c '[ "$(kubectl -n app1 get secret app-config -o jsonpath={.data.username} | base64 -d)" = app2 ]' && ok "KV update synced" || bad "KV update not synced"
+
+# Hand edits and deletion are undone.
+kubectl -n app1 patch secret app-config -p '{"data":{"username":"aGFja2Vk"}}' >/dev/null
+eventually 15 bash -c '[ "$(kubectl -n app1 get secret app-config -o jsonpath={.data.username} | base64 -d)" = app2 ]' && ok "edited Secret restored" || bad "edited Secret not restored"
+kubectl -n app1 delete secret app-config >/dev/null
+eventually 15 kubectl -n app1 get secret app-config && ok "deleted Secret restored" || bad "deleted Secret not restored"
+
+# Invalid specs are rejected at apply time with our sentence.
+out=$(kubectl apply -f - 2>&1 <<EOF || true
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: bad, namespace: app1}
+spec:
+  auth: {role: app1}
+  source: {engine: kv-v1, mount: kv, path: app1/x, version: 2}
+  refreshInterval: 1s
+  destination: {name: Bad_Name}
+EOF
+)
+for msg in "source.version pins a KV v2 version" "refreshInterval must be a duration" "destination.name must be a valid Secret name"; do
+  grep -qF "$msg" <<<"$out" && ok "rejected: $msg" || bad "not rejected with: $msg ($out)"
+done
+
+# The canary never leaks.
+grep -qF "$CANARY" "$OP_LOG" && bad "canary in operator log" || ok "canary not in operator log"
+kubectl get events -A -o json | grep -qF "$CANARY" && bad "canary in Events" || ok "canary not in Events"
+kubectl -n app1 get vsec config -o json | grep -qF "$CANARY" && bad "canary in CR" || ok "canary not in CR"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

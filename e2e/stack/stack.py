@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""The one launcher of vaultkeeper's local stack, used by the tests and the local demo.
+
+Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (one fake node), OpenBao
+(a real raft-backed server, initialised and unsealed here) and PostgreSQL on free loopback ports;
+writes a kubeconfig and `<state>/env`; configures OpenBao's Kubernetes auth against the API server.
+Every process it starts is recorded by PID and stopped by `down` (or by `run` on exit or signal).
+Programs come from `e2e/stack/install.sh` (cache under ~/.cache/vaultkeeper/bin).
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CACHE = Path(os.environ.get("VK_CACHE", Path.home() / ".cache" / "vaultkeeper"))
+BIN = CACHE / "bin"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*args, **kw) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def wait_for(what: str, check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # a service that is still starting answers with errors
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Stack:
+    def __init__(self, state: Path):
+        self.state = state.resolve()
+        self.pids = self.state / "pids"
+        self.logs = self.state / "logs"
+
+    # --- processes -----------------------------------------------------------------------
+    def start(self, name: str, args: list, user: str = "") -> None:
+        self.pids.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if user:
+            args = ["runuser", "-u", user, "--"] + args
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (self.pids / f"{name}.pid").write_text(str(proc.pid))
+
+    def alive(self) -> dict:
+        out = {}
+        for pidfile in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
+            pid = int(pidfile.read_text())
+            try:
+                os.kill(pid, 0)
+                out[pidfile.stem] = pid
+            except ProcessLookupError:
+                pass
+        return out
+
+    def stop(self, name: str) -> None:
+        pidfile = self.pids / f"{name}.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text())
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                except ProcessLookupError:
+                    break
+            else:
+                continue
+            break
+        pidfile.unlink(missing_ok=True)
+
+    def down(self) -> None:
+        pg = self.state / "pg"
+        if (self.pids / "postgres.pid").exists():
+            subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(pg), "stop", "-m", "fast"],
+                           capture_output=True)
+        for name in ["kwok", "kube-scheduler", "kube-controller-manager", "bao", "kube-apiserver", "etcd", "postgres"]:
+            self.stop(name)
+
+    # --- certificates --------------------------------------------------------------------
+    def pki(self) -> None:
+        d = self.state / "pki"
+        d.mkdir(parents=True, exist_ok=True)
+        o = lambda *a: sh("openssl", *a, cwd=d)  # noqa: E731
+        o("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=vaultkeeper-test-ca")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n")
+        # An extension makes the client certificate X.509 v3; rustls refuses v1 certificates.
+        (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+        o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver")
+        o("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "apiserver.crt", "-days", "30", "-extfile", "san.ext")
+        o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "admin.key", "-out", "admin.csr", "-subj", "/O=system:masters/CN=admin")
+        o("x509", "-req", "-in", "admin.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "admin.crt", "-days", "30", "-extfile", "client.ext")
+        o("genrsa", "-out", "sa.key", "2048")
+        o("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+    # --- up ------------------------------------------------------------------------------
+    def up(self) -> dict:
+        if self.alive():
+            raise RuntimeError(f"a stack is already running from {self.state}; run `down` first")
+        t0 = time.monotonic()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.pki()
+        pki = self.state / "pki"
+        etcd_port, peer_port, api_port, bao_port, bao_cluster, pg_port = (free_port() for _ in range(6))
+
+        self.start("etcd", [str(BIN / "etcd"), "--data-dir", str(self.state / "etcd"), "--unsafe-no-fsync",
+                            f"--listen-client-urls=http://127.0.0.1:{etcd_port}", f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                            f"--listen-peer-urls=http://127.0.0.1:{peer_port}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                            f"--initial-cluster=default=http://127.0.0.1:{peer_port}"])
+        self.start("kube-apiserver", [str(BIN / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                                      "--bind-address=127.0.0.1", f"--secure-port={api_port}",
+                                      f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+                                      f"--client-ca-file={pki}/ca.crt",
+                                      "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                                      f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
+                                      "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC", "--allow-privileged=true"])
+        server = f"https://127.0.0.1:{api_port}"
+        kubeconfig = self.state / "admin.kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "vk",
+            "clusters": [{"name": "vk", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
+            "contexts": [{"name": "vk", "context": {"cluster": "vk", "user": "admin"}}],
+        }))
+        kubectl = lambda *a, **kw: sh(str(BIN / "kubectl"), f"--kubeconfig={kubeconfig}", *a, **kw)  # noqa: E731
+        wait_for("the API server", lambda: kubectl("get", "--raw", "/readyz").strip() == "ok")
+
+        self.start("kube-controller-manager", [str(BIN / "kube-controller-manager"), f"--kubeconfig={kubeconfig}", "--leader-elect=false",
+                                               "--secure-port=0", f"--service-account-private-key-file={pki}/sa.key", f"--root-ca-file={pki}/ca.crt",
+                                               "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach"])
+        self.start("kube-scheduler", [str(BIN / "kube-scheduler"), f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0"])
+        self.start("kwok", [str(BIN / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=true", f"--config={BIN / 'kwok-stages.yaml'}"])
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "kwok-node-0", "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"type": "kwok"}},
+                "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                           "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}}
+        kubectl("apply", "-f", "-", input=json.dumps(node))
+
+        env = self.start_bao(bao_port, bao_cluster)
+        self.start_postgres(pg_port)
+
+        wait_for("the default ServiceAccount", lambda: kubectl("-n", "default", "get", "sa", "default", "-o", "name").strip() != "")
+        kubectl("create", "namespace", "vaultkeeper-system")
+        kubectl("-n", "vaultkeeper-system", "create", "serviceaccount", "vault-token-reviewer")
+        kubectl("create", "clusterrolebinding", "vault-token-reviewer", "--clusterrole=system:auth-delegator",
+                "--serviceaccount=vaultkeeper-system:vault-token-reviewer")
+        reviewer = kubectl("-n", "vaultkeeper-system", "create", "token", "vault-token-reviewer", "--duration=24h").strip()
+        (self.state / "reviewer.jwt").write_text(reviewer)
+        bao = lambda *a: sh(str(BIN / "bao"), *a, env={**os.environ, **env})  # noqa: E731
+        bao("auth", "enable", "kubernetes")
+        bao("write", "auth/kubernetes/config", f"kubernetes_host={server}", f"kubernetes_ca_cert=@{pki / 'ca.crt'}",
+            f"token_reviewer_jwt=@{self.state / 'reviewer.jwt'}", "disable_local_ca_jwt=true")
+        bao("secrets", "enable", "-path=secret", "kv-v2")
+        bao("secrets", "enable", "-path=kv", "-version=1", "kv")
+        wait_for("the node to be Ready", lambda: "True" in kubectl("get", "node", "kwok-node-0", "-o",
+                                                                  "jsonpath={.status.conditions[?(@.type=='Ready')].status}"))
+        values = {
+            "VK_STACK_DIR": str(self.state), "KUBECONFIG": str(kubeconfig), "VK_KUBE_SERVER": server,
+            "VK_KUBE_CA": str(pki / "ca.crt"), **env, "VK_BAO_AUDIT_LOG": str(self.state / "bao" / "audit.log"),
+            "VK_PG_HOST": "127.0.0.1", "VK_PG_PORT": str(pg_port), "VK_PG_USER": "postgres", "VK_BIN": str(BIN),
+        }
+        (self.state / "env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        print(f"stack up in {time.monotonic() - t0:.1f}s; env in {self.state / 'env'}", file=sys.stderr)
+        return values
+
+    def bao_config(self, port: int, cluster: int) -> Path:
+        d = self.state / "bao"
+        (d / "raft").mkdir(parents=True, exist_ok=True)
+        config = d / "config.hcl"
+        config.write_text(f"""
+storage "raft" {{
+  path    = "{d / 'raft'}"
+  node_id = "n1"
+}}
+listener "tcp" {{
+  address         = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster}"
+  tls_disable     = true
+}}
+api_addr      = "http://127.0.0.1:{port}"
+cluster_addr  = "http://127.0.0.1:{cluster}"
+disable_mlock = true
+audit "file" "to-file" {{
+  options {{
+    file_path = "{d / 'audit.log'}"
+  }}
+}}
+""")
+        return config
+
+    def start_bao(self, port: int, cluster: int) -> dict:
+        config = self.bao_config(port, cluster)
+        self.start("bao", [str(BIN / "bao"), "server", f"-config={config}"])
+        addr = f"http://127.0.0.1:{port}"
+        wait_for("OpenBao to listen", lambda: urllib.request.urlopen(f"{addr}/v1/sys/seal-status", timeout=2).status == 200)
+        env = {**os.environ, "BAO_ADDR": addr}
+        init = json.loads(sh(str(BIN / "bao"), "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json", env=env))
+        key, root = init["unseal_keys_b64"][0], init["root_token"]
+        (self.state / "bao" / "init.json").write_text(json.dumps({"key": key, "root": root, "addr": addr}))
+        self.unseal_bao()
+        return {"VAULT_ADDR": addr, "VAULT_TOKEN": root, "BAO_ADDR": addr, "BAO_TOKEN": root}
+
+    def unseal_bao(self) -> None:
+        info = json.loads((self.state / "bao" / "init.json").read_text())
+        env = {**os.environ, "BAO_ADDR": info["addr"], "BAO_TOKEN": info["root"]}
+        sh(str(BIN / "bao"), "operator", "unseal", info["key"], env=env)
+        # Raft elects itself a leader a few seconds after unseal; reads fail until then.
+        wait_for("OpenBao to serve", lambda: subprocess.run([str(BIN / "bao"), "token", "lookup"], env=env, capture_output=True).returncode == 0)
+
+    def start_postgres(self, port: int) -> None:
+        pg = self.state / "pg"
+        pg.mkdir(parents=True, exist_ok=True)
+        sh("chown", "-R", "postgres:postgres", str(pg))
+        sh("runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(pg), "-U", "postgres", "--auth=trust")
+        self.start("postgres", [str(PG_BIN / "postgres"), "-D", str(pg), "-p", str(port), "-k", str(pg), "-c", "listen_addresses=127.0.0.1"],
+                   user="postgres")
+        wait_for("PostgreSQL", lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                                                     capture_output=True).returncode == 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "run", "status", "bao-stop", "bao-start", "bao-seal", "bao-unseal"])
+    parser.add_argument("--state-dir", default="target/stack")
+    parser.add_argument("--foreground", action="store_true", help="with up: stay until interrupted, then stop everything")
+    argv = sys.argv[1:]
+    cmd = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    stack = Stack(Path(args.state_dir))
+    if args.command == "status":
+        for name, pid in stack.alive().items():
+            print(f"{name} {pid}")
+        return 0
+    if args.command == "down":
+        stack.down()
+        return 0
+    if args.command in ("bao-stop", "bao-start", "bao-seal", "bao-unseal"):
+        info = json.loads((stack.state / "bao" / "init.json").read_text())
+        env = {**os.environ, "BAO_ADDR": info["addr"], "BAO_TOKEN": info["root"]}
+        if args.command == "bao-stop":
+            stack.stop("bao")
+        elif args.command == "bao-start":
+            stack.start("bao", [str(BIN / "bao"), "server", f"-config={stack.state / 'bao' / 'config.hcl'}"])
+            wait_for("OpenBao to listen", lambda: urllib.request.urlopen(f"{info['addr']}/v1/sys/seal-status", timeout=2).status == 200)
+            stack.unseal_bao()
+        elif args.command == "bao-seal":
+            sh(str(BIN / "bao"), "operator", "seal", env=env)
+        else:
+            stack.unseal_bao()
+        return 0
+
+    # up / run: whatever happens, what was started is stopped unless asked to stay up.
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    keep = args.command == "up" and not args.foreground
+    try:
+        values = stack.up()
+        if args.command == "run":
+            if not cmd:
+                raise RuntimeError("run needs a command after --")
+            return subprocess.run(cmd, env={**os.environ, **values, "PATH": f"{BIN}:{os.environ['PATH']}"}).returncode
+        if args.foreground:
+            print("stack running; Ctrl-C stops it", file=sys.stderr)
+            signal.pause()
+        return 0
+    except KeyboardInterrupt:
+        keep = False
+        return 130
+    except Exception as err:
+        keep = False
+        print(f"stack: {err}", file=sys.stderr)
+        for log in sorted(stack.logs.glob("*.log")) if stack.logs.exists() else []:
+            print(f"--- last lines of {log}", file=sys.stderr)
+            print("".join(log.read_text(errors="replace").splitlines(True)[-10:]), file=sys.stderr)
+        return 1
+    finally:
+        if not keep:
+            stack.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
