@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds build
+.PHONY: test crds build up bench
 
 test:
 	./hack/test.sh
@@ -9,3 +9,11 @@ crds:
 
 build:
 	cargo build --workspace --release
+
+# Starts the local stack, the operator and the examples; Ctrl-C stops everything.
+up:
+	./hack/up.sh
+
+# Benchmarks against the real stack (prints figures): make bench ARGS="--n 1000"
+bench:
+	./hack/bench.sh $(ARGS)

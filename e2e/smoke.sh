@@ -85,10 +85,93 @@ for msg in "source.version pins a KV v2 version" "refreshInterval must be a dura
   grep -qF "$msg" <<<"$out" && ok "rejected: $msg" || bad "not rejected with: $msg ($out)"
 done
 
+# Permission denied: a CR in namespace app2 whose role may only read app2's paths asks for app1's.
+kubectl create namespace app2 >/dev/null
+kubectl -n app2 create serviceaccount web >/dev/null
+printf 'path "secret/data/app2/*" { capabilities = ["read"] }\npath "secret/metadata/app2/*" { capabilities = ["read"] }\n' | bao policy write app2 - >/dev/null
+bao write auth/kubernetes/role/app2 bound_service_account_names=web bound_service_account_namespaces=app2 policies=app2 ttl=1h >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: steal, namespace: app2}
+spec:
+  auth: {role: app2, serviceAccountName: web}
+  source: {engine: kv-v2, mount: secret, path: app1/config}
+  destination: {name: stolen}
+EOF
+cond() { kubectl -n "$1" get vsec "$2" -o jsonpath="{.status.conditions[?(@.type==\"Ready\")].$3}"; }
+if eventually 20 bash -c "[ \"\$(kubectl -n app2 get vsec steal -o jsonpath='{.status.conditions[0].reason}')\" = PermissionDenied ]"; then
+  ok "other namespace's path: Ready=False PermissionDenied"
+  msg=$(cond app2 steal message)
+  grep -qF "secret/app1/config" <<<"$msg" && grep -qF '"app2"' <<<"$msg" && ok "denial names path and role ($msg)" || bad "denial message: $msg"
+  [ "$(cond app2 steal status)" = False ] && ok "denied CR is not Ready" || bad "denied CR Ready status"
+else
+  bad "no PermissionDenied condition ($(kubectl -n app2 get vsec steal -o jsonpath='{.status}'))"
+fi
+kubectl -n app2 get secret stolen >/dev/null 2>&1 && bad "a Secret appeared in app2" || ok "no Secret in app2"
+
+# The latest KV version deleted: the Secret stays as it was and the CR says why.
+snapshot() { kubectl -n app1 get secret "$1" -o jsonpath='{.data}'; }
+bao kv put secret/app1/other token=first >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: other, namespace: app1}
+spec:
+  auth: {role: app1, serviceAccountName: web}
+  source: {engine: kv-v2, mount: secret, path: app1/other}
+  refreshInterval: 10s
+  destination: {name: other}
+EOF
+eventually 20 kubectl -n app1 get secret other || bad "Secret other never appeared"
+before=$(snapshot other)
+bao kv delete secret/app1/other >/dev/null
+if eventually 30 bash -c "[ \"\$(kubectl -n app1 get vsec other -o jsonpath='{.status.conditions[0].reason}')\" = SourceVersionDeleted ]"; then
+  msg=$(cond app1 other message)
+  grep -qF "left unchanged" <<<"$msg" && ok "deleted latest version reported ($msg)" || bad "deleted-version message: $msg"
+else
+  bad "deleted latest version not reported ($(cond app1 other message))"
+fi
+[ "$(snapshot other)" = "$before" ] && ok "Secret unchanged after the latest version was deleted" || bad "Secret changed after delete"
+bao kv undelete -versions=1 secret/app1/other >/dev/null
+eventually 40 bash -c "[ \"\$(kubectl -n app1 get vsec other -o jsonpath='{.status.conditions[0].reason}')\" = Synced ]" && ok "recovered after undelete" || bad "not recovered after undelete"
+
+# OpenBao stopped, then sealed: the Secret is byte-for-byte unchanged, the CR reports the outage,
+# and it is Ready again on its own once OpenBao is back.
+outage() { # outage DOWN-CMD UP-CMD LABEL
+  local before_secret before_rv
+  before_secret=$(kubectl -n app1 get secret app-config -o json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps([s["data"], s["type"]], sort_keys=True))')
+  before_rv=$(kubectl -n app1 get secret app-config -o jsonpath='{.metadata.resourceVersion}')
+  python3 e2e/stack/stack.py "$1" --state-dir "$VK_STACK_DIR" >/dev/null
+  if eventually 40 bash -c "[ \"\$(kubectl -n app1 get vsec config -o jsonpath='{.status.conditions[0].reason}')\" = VaultUnavailable ]"; then
+    msg=$(cond app1 config message)
+    grep -qF "left unchanged and holds the data last synced at" <<<"$msg" && ok "$3: CR reports the outage and the data's age ($msg)" || bad "$3: message $msg"
+  else
+    bad "$3: outage not reported ($(cond app1 config reason): $(cond app1 config message))"
+  fi
+  sleep 12 # a few more failed refreshes
+  after_secret=$(kubectl -n app1 get secret app-config -o json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps([s["data"], s["type"]], sort_keys=True))')
+  [ "$after_secret" = "$before_secret" ] && [ "$(kubectl -n app1 get secret app-config -o jsonpath='{.metadata.resourceVersion}')" = "$before_rv" ] \
+    && ok "$3: Secret byte-for-byte unchanged (same resourceVersion)" || bad "$3: Secret changed during the outage"
+  python3 e2e/stack/stack.py "$2" --state-dir "$VK_STACK_DIR" >/dev/null
+  eventually 90 bash -c "[ \"\$(kubectl -n app1 get vsec config -o jsonpath='{.status.conditions[0].reason}')\" = Synced ]" \
+    && ok "$3: Ready again without a manual step" || bad "$3: not recovered ($(cond app1 config message))"
+}
+outage bao-stop bao-start "OpenBao stopped"
+outage bao-seal bao-unseal "OpenBao sealed"
+bao kv put secret/app1/config username=app3 password="$CANARY" >/dev/null
+eventually 30 bash -c '[ "$(kubectl -n app1 get secret app-config -o jsonpath={.data.username} | base64 -d)" = app3 ]' && ok "KV updates flow again after the outages" || bad "no sync after the outages"
+
 # The canary never leaks.
 grep -qF "$CANARY" "$OP_LOG" && bad "canary in operator log" || ok "canary not in operator log"
 kubectl get events -A -o json | grep -qF "$CANARY" && bad "canary in Events" || ok "canary not in Events"
 kubectl -n app1 get vsec config -o json | grep -qF "$CANARY" && bad "canary in CR" || ok "canary not in CR"
 
+if [ "$fail" -ne 0 ]; then
+  echo "--- state for the failures above"
+  kubectl get vsec -A -o yaml | grep -vF "$CANARY" || true
+  kubectl get events -A --field-selector involvedObject.kind=VaultSecret || true
+  tail -n 40 "$OP_LOG"
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

