@@ -25,6 +25,6 @@ echo "== real-stack tests"
 cargo build -q -p vaultkeeper-operator
 python3 e2e/stack/stack.py down --state-dir target/stack
 rm -rf target/stack
-python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/smoke.sh
+python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/run.sh
 
 echo "== all checks passed in $((SECONDS - started))s"

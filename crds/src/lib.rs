@@ -21,7 +21,10 @@ pub const MANAGED_BY_VALUE: &str = "vaultkeeper";
 pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![v1alpha1::VaultSecret::crd()]
+    vec![
+        v1alpha1::VaultSecret::crd(),
+        v1alpha1::DynamicCredential::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, as written to `manifests/crds.yaml`.

@@ -242,6 +242,11 @@ audit "file" "to-file" {{
         pg.mkdir(parents=True, exist_ok=True)
         sh("chown", "-R", "postgres:postgres", str(pg))
         sh("runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(pg), "-U", "postgres", "--auth=trust")
+        # The superuser (used by tests and by OpenBao's database engine) is trusted on loopback;
+        # every other role must present its password, so issued credentials are really checked.
+        (pg / "pg_hba.conf").write_text(
+            "local all postgres trust\nhost all postgres 127.0.0.1/32 trust\n"
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")
         self.start("postgres", [str(PG_BIN / "postgres"), "-D", str(pg), "-p", str(port), "-k", str(pg), "-c", "listen_addresses=127.0.0.1"],
                    user="postgres")
         wait_for("PostgreSQL", lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],

@@ -11,6 +11,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::identity::Identities;
+use crate::lease_tokens::LeaseTokens;
 use crate::metrics::Metrics;
 
 pub struct Context {
@@ -24,11 +25,17 @@ pub struct Context {
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
     pub refresh_lane: Semaphore,
+    /// Per-identity tokens that issue leases (DynamicCredential), renewed and stored.
+    pub lease_tokens: LeaseTokens,
+    /// A lease token is replaced this long before its hard end (its leases are rotated first).
+    pub token_replace_before: Duration,
     /// Consecutive failures per object (by UID), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
+    // The process's one wiring point: each argument is a distinct dependency, named at the call.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         identities: Identities,
@@ -37,6 +44,7 @@ impl Context {
         secrets: Store<Secret>,
         hmac_key: Vec<u8>,
         refresh_concurrency: usize,
+        lease_tokens: LeaseTokens,
     ) -> Self {
         Self {
             client,
@@ -46,6 +54,8 @@ impl Context {
             secrets,
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
+            lease_tokens,
+            token_replace_before: Duration::from_secs(120),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -10,7 +10,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
-use vault::{TokenCache, VaultClient, VaultError, VaultToken};
+use vault::{AuthToken, TokenCache, VaultClient, VaultError, VaultToken};
 
 use crate::metrics::{Metrics, ResultLabels};
 
@@ -97,22 +97,29 @@ impl Identities {
         client: &VaultClient,
     ) -> Result<(VaultToken, bool), IdentityError> {
         self.cache
-            .get_or_login(key, || async {
-                let jwt = self
-                    .service_account_token(&key.namespace, &key.service_account)
-                    .await?;
-                let result = client.login_kubernetes(&key.mount, &key.role, &jwt).await;
-                let outcome = if result.is_ok() { "success" } else { "failure" };
-                self.metrics
-                    .logins
-                    .get_or_create(&ResultLabels { result: outcome })
-                    .inc();
-                result.map_err(|source| IdentityError::Login {
-                    identity: key.to_string(),
-                    source,
-                })
-            })
+            .get_or_login(key, || self.login(key, client))
             .await
+    }
+
+    /// A fresh login for `key`, bypassing the cache (lease tokens are kept elsewhere).
+    pub async fn login(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+    ) -> Result<AuthToken, IdentityError> {
+        let jwt = self
+            .service_account_token(&key.namespace, &key.service_account)
+            .await?;
+        let result = client.login_kubernetes(&key.mount, &key.role, &jwt).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .logins
+            .get_or_create(&ResultLabels { result: outcome })
+            .inc();
+        result.map_err(|source| IdentityError::Login {
+            identity: key.to_string(),
+            source,
+        })
     }
 
     /// Forgets a token Vault refused, so the next call logs in again.

@@ -3,10 +3,13 @@
 mod conditions;
 mod config;
 mod context;
+mod dynamic_credential;
 mod http;
 mod identity;
+mod lease_tokens;
 mod metrics;
 mod operator_key;
+mod restart;
 mod template;
 mod vault_secret;
 
@@ -74,7 +77,16 @@ async fn main() -> anyhow::Result<()> {
         instance: std::env::var("HOSTNAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let (secrets, secret_writer) = vault_secret::secret_store();
+    // One watch of managed Secrets feeds the cache and both controllers.
+    let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
+    let vs_secrets = secret_writer.subscribe().expect("shared store");
+    let dc_secrets = secret_writer.subscribe().expect("shared store");
+    let lease_tokens =
+        lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
+    let secret_watch = tokio::spawn(vault_secret::watch_managed_secrets(
+        client.clone(),
+        secret_writer,
+    ));
     let ctx = Arc::new(Context::new(
         client,
         identities,
@@ -83,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         secrets.clone(),
         hmac_key,
         args.refresh_concurrency,
+        lease_tokens,
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -93,7 +106,12 @@ async fn main() -> anyhow::Result<()> {
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
-    let controller = tokio::spawn(vault_secret::run(ctx, secret_writer, stopped(stop_rx)));
+    let controller = tokio::spawn(vault_secret::run(
+        ctx.clone(),
+        vs_secrets,
+        stopped(stop_rx.clone()),
+    ));
+    let dc_controller = tokio::spawn(dynamic_credential::run(ctx, dc_secrets, stopped(stop_rx)));
     tokio::spawn(async move {
         if secrets.wait_until_ready().await.is_ok() {
             ready.store(true, Ordering::Relaxed);
@@ -105,6 +123,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     controller.await?;
+    dc_controller.await?;
+    secret_watch.abort();
     http.await??;
     Ok(())
 }

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub vault_request_duration: Family<KindLabels, Histogram>,
     pub logins: Family<ResultLabels, Counter>,
     pub kube_writes: Family<WriteLabels, Counter>,
+    pub restarts: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,8 +86,15 @@ impl Default for Metrics {
             "Writes to the Kubernetes API by resource (secret, status, event)",
             kube_writes.clone(),
         );
+        let restarts = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "restarts",
+            "Workload restarts triggered, by the kind of resource that triggered them",
+            restarts.clone(),
+        );
         Self {
             registry,
+            restarts,
             syncs,
             sync_duration,
             vault_requests,
@@ -98,6 +106,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn restart(&self, kind: &'static str) {
+        self.restarts.get_or_create(&KindLabels { kind }).inc();
+    }
+
     pub fn sync(&self, kind: &'static str, result: &'static str, took: Duration) {
         self.syncs.get_or_create(&SyncLabels { kind, result }).inc();
         self.sync_duration

@@ -112,7 +112,9 @@ impl VaultClient {
             message: error_chain(&err),
         })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|err| VaultError::Decode {
+            // 204 No Content (revocations, writes) decodes as `null`.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes).map_err(|err| VaultError::Decode {
                 operation,
                 message: err.to_string(),
             });

@@ -13,12 +13,14 @@ mod auth;
 mod client;
 mod error;
 mod kv;
+mod lease;
 mod token_cache;
 
 pub use auth::AuthToken;
 pub use client::{RequestObserver, VaultClient, VaultConfig};
 pub use error::VaultError;
 pub use kv::{KvMetadata, KvVersion, KvVersionState, SecretData};
+pub use lease::{Lease, LeasedSecret, Renewal, TokenInfo};
 pub use token_cache::{CachedToken, TokenCache};
 
 /// A Vault token. Its `Debug` form never shows the token.

@@ -76,6 +76,10 @@ pub struct Destination {
 pub mod condition_types {
     /// The Secret holds the data of the source, as last read from Vault.
     pub const READY: &str = "Ready";
+    /// DynamicCredential: the current lease is renewed on schedule.
+    pub const LEASE_RENEWAL: &str = "LeaseRenewal";
+    /// DynamicCredential: a new credential replaces the current one.
+    pub const ROTATING: &str = "Rotating";
 }
 
 /// Reasons of the conditions, in CamelCase as Kubernetes expects. Stable: tools may match on them.
@@ -98,4 +102,60 @@ pub mod reasons {
     pub const TOKEN_REQUEST_FAILED: &str = "TokenRequestFailed";
     /// Writing to the Kubernetes API failed; retried with backoff.
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    /// DynamicCredential: a lease was issued and its credential written.
+    pub const ISSUED: &str = "Issued";
+    /// DynamicCredential: the lease was renewed.
+    pub const RENEWED: &str = "Renewed";
+    /// DynamicCredential: renewal cannot extend the lease (max TTL reached); a new credential is due.
+    pub const MAX_TTL_REACHED: &str = "MaxTTLReached";
+    /// DynamicCredential: the Vault token that issued the lease ends before the lease would; the
+    /// credential is rotated early so it never dies with the token.
+    pub const TOKEN_ENDS_FIRST: &str = "IssuingTokenEndsFirst";
+    /// DynamicCredential: the lease expired or was revoked outside vaultkeeper; replaced once.
+    pub const LEASE_LOST: &str = "LeaseLost";
+    /// DynamicCredential: the old credential is kept until the restarted workloads moved over.
+    pub const WAITING_FOR_ROLLOUT: &str = "WaitingForRollout";
+    /// DynamicCredential: no rotation is in progress.
+    pub const IDLE: &str = "Idle";
+    /// A restart target does not exist.
+    pub const TARGET_MISSING: &str = "RestartTargetMissing";
+}
+
+/// A workload the operator restarts (a rolling restart through its pod template) when the data it
+/// consumes changes.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, KubeSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// Kind of the workload: `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+
+    /// Name of the workload, in this resource's namespace.
+    #[x_kube(validation = Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("restartTargets[].name must be a workload name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 253))]
+    pub name: String,
+}
+
+/// Kinds of workload that can be restarted.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
+pub enum WorkloadKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
 }

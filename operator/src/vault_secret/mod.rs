@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -104,10 +104,27 @@ impl Error {
     }
 }
 
+/// Watches the Secrets the operator manages (by label, without managedFields) into the shared
+/// cache that every controller reads and subscribes to.
+pub async fn watch_managed_secrets(client: kube::Client, writer: reflector::store::Writer<Secret>) {
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crds::MANAGED_BY_LABEL,
+        crds::MANAGED_BY_VALUE
+    ));
+    watcher(Api::<Secret>::all(client), managed)
+        .default_backoff()
+        .modify(|secret| secret.managed_fields_mut().clear())
+        .reflect_shared(writer)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// Starts the controller; returns when `shutdown` fires and in-flight reconciles finished.
+/// `secrets` is a subscription to the shared managed-Secret cache.
 pub async fn run(
     ctx: Arc<Context>,
-    secret_writer: reflector::store::Writer<Secret>,
+    secrets: ReflectHandle<Secret>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -121,18 +138,8 @@ pub async fn run(
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
-    let managed = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crds::MANAGED_BY_LABEL,
-        crds::MANAGED_BY_VALUE
-    ));
-    let secrets = watcher(Api::<Secret>::all(client), managed)
-        .default_backoff()
-        .modify(|secret| secret.managed_fields_mut().clear())
-        .reflect(secret_writer)
-        .touched_objects();
     Controller::for_stream(resources, reader)
-        .owns_stream(secrets)
+        .owns_shared_stream(secrets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -524,9 +531,4 @@ async fn publish(ctx: &Context, vs: &VaultSecret, type_: EventType, reason: &str
     } else {
         ctx.metrics.kube_write("event");
     }
-}
-
-/// The cache of managed Secrets the controller reads, with its writer.
-pub fn secret_store() -> (Store<Secret>, reflector::store::Writer<Secret>) {
-    reflector::store()
 }

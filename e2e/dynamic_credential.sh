@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Real-stack test of DynamicCredential, run inside `stack.py run`: OpenBao's database engine issuing
+# real PostgreSQL roles, Kubernetes auth with a real TokenReview, kwok nodes so rollouts finish.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$VK_BIN:$PATH
+NS=db1
+OP_LOG=$VK_STACK_DIR/logs/operator-dc.log
+METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+pass=0; fail=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
+eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
+  local until=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
+}
+psql_admin() { psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U postgres -d postgres -tAc "$1"; }
+app_roles() { psql_admin "select rolname from pg_roles where rolname like 'v-%' order by 1" | tr '\n' ' '; }
+secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
+status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
+replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
+OP_PID=
+start_operator() {
+  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" >>"$OP_LOG" 2>&1 &
+  OP_PID=$!
+  eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator never became ready"
+}
+trap '[ -z "$OP_PID" ] || kill $OP_PID 2>/dev/null || true' EXIT
+
+kubectl apply -f manifests/crds.yaml >/dev/null
+kubectl wait --for=condition=Established crd/dynamiccredentials.vaultkeeper.dev >/dev/null
+kubectl create namespace $NS >/dev/null
+kubectl -n $NS create serviceaccount web >/dev/null
+
+# OpenBao's database engine against the real PostgreSQL; short TTLs so renewal and rotation show.
+bao secrets enable database >/dev/null
+bao write database/config/pg plugin_name=postgresql-database-plugin allowed_roles='*' \
+  connection_url="postgresql://{{username}}:{{password}}@$VK_PG_HOST:$VK_PG_PORT/postgres?sslmode=disable" \
+  username=postgres password=unused >/dev/null
+create="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+bao write database/roles/app db_name=pg creation_statements="$create" default_ttl=30s max_ttl=10m >/dev/null
+bao write database/roles/short db_name=pg creation_statements="$create" default_ttl=15s max_ttl=45s >/dev/null
+printf 'path "database/creds/*" { capabilities = ["read"] }\npath "sys/leases/revoke" { capabilities = ["update"] }\n' | bao policy write db - >/dev/null
+# Periodic tokens, as the docs recommend for leased credentials.
+bao write auth/kubernetes/role/db bound_service_account_names=web bound_service_account_namespaces=$NS \
+  policies=db token_period=1h >/dev/null
+
+start_operator
+
+dcred() { # dcred NAME ROLE SECRET [EXTRA-YAML]
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: DynamicCredential
+metadata: {name: $1, namespace: $NS}
+spec:
+  auth: {role: db, serviceAccountName: web}
+  source: {mount: database, role: $2}
+  rotationGracePeriod: 3s
+  destination:
+    name: $3
+    templates: {DATABASE_URL: "postgres://{{ .username }}:{{ .password }}@$VK_PG_HOST:$VK_PG_PORT/postgres"}
+${4:-}
+EOF
+}
+
+# 1. Issue: the Secret's credential logs in to PostgreSQL; the role is in pg_roles.
+dcred app app app-db
+if eventually 30 kubectl -n $NS get secret app-db; then
+  user=$(secret_key app-db username); password=$(secret_key app-db password)
+  PGPASSWORD=$password psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select current_user' | grep -qx "$user" \
+    && ok "issued credential logs in to PostgreSQL as $user" || bad "credential does not log in"
+  PGPASSWORD=wrong psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
+    && bad "PostgreSQL accepted a wrong password (auth not enforced)" || ok "a wrong password is refused (auth is real)"
+  [ "$(psql_admin "select count(*) from pg_roles where rolname='$user'")" = 1 ] && ok "role $user in pg_roles" || bad "role missing from pg_roles"
+  url=$(secret_key app-db DATABASE_URL)
+  psql "$url" -tAc 'select 1' >/dev/null 2>&1 && ok "templated DATABASE_URL works" || bad "DATABASE_URL does not work"
+else
+  bad "Secret app-db never appeared ($(status_of app conditions))"
+fi
+eventually 10 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" \
+  && ok "Ready=True" || bad "not Ready: $(status_of app conditions)"
+lease=$(status_of app leaseId)
+[ -n "$lease" ] && kubectl -n $NS get secret app-db -o jsonpath='{.metadata.annotations.vaultkeeper\.dev/lease-id}' | grep -qx "$lease" \
+  && ok "lease ID in status and Secret annotation" || bad "lease ID not recorded"
+
+# 2. Renewal advances VALID UNTIL (30s TTL, renewed at about 20s).
+valid1=$(psql_admin "select rolvaliduntil from pg_roles where rolname='$user'")
+if eventually 40 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select rolvaliduntil from pg_roles where rolname='$user'\")\" != \"$valid1\" ]"; then
+  ok "renewal advanced VALID UNTIL ($valid1 -> $(psql_admin "select rolvaliduntil from pg_roles where rolname='$user'"))"
+else
+  bad "VALID UNTIL never moved ($(status_of app conditions))"
+fi
+[ "$(status_of app leaseId)" = "$lease" ] && ok "renewal kept the same lease" || bad "lease changed on renewal"
+
+# 3. SIGKILL and restart the operator, twice: same lease, same roles, no Secret write, and the lease
+#    survives its issuing token's renewal by the new process (token stored and reused).
+roles_before=$(app_roles); rv_before=$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}')
+for i in 1 2; do
+  kill -9 "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
+  start_operator
+  sleep 8
+done
+sleep 25 # past at least one renewal by the restarted operator
+[ "$(status_of app leaseId)" = "$lease" ] && ok "after 2 SIGKILL restarts: same lease" || bad "lease re-issued after restart"
+[ "$(app_roles)" = "$roles_before" ] && ok "after restarts: same PostgreSQL roles ($roles_before)" || bad "roles changed: $roles_before -> $(app_roles)"
+[ "$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}')" = "$rv_before" ] && ok "after restarts: Secret not rewritten" || bad "Secret rewritten after restart"
+PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
+  && ok "credential still logs in after restarts" || bad "credential dead after restarts"
+[ "$(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name | wc -l)" = 1 ] && ok "one stored lease token for the identity" || bad "stored lease tokens: $(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name)"
+kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json | grep -q '"token": "hvs\.\|"token": "s\.' \
+  && bad "stored lease token is not encrypted" || ok "stored lease token is encrypted"
+
+# 4. Rotation at max TTL with a restart target: new role, one new ReplicaSet, old role revoked only
+#    after the rollout finished.
+kubectl -n $NS create deployment api --image=example.invalid/api --replicas=2 >/dev/null
+eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy api -o jsonpath='{.status.availableReplicas}')\" = 2 ]" || bad "Deployment never available"
+rs_before=$(replicasets)
+dcred short short short-db "  restartTargets: [{kind: Deployment, name: api}]"
+eventually 30 kubectl -n $NS get secret short-db || bad "Secret short-db never appeared"
+short_user=$(secret_key short-db username); short_lease=$(status_of short leaseId)
+if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.status.leaseId}')\" != \"$short_lease\" ]"; then
+  new_user=$(secret_key short-db username)
+  [ "$new_user" != "$short_user" ] && ok "rotated at max TTL: $short_user -> $new_user" || bad "rotation kept the user"
+  eventually 20 bash -c "[ \"\$(kubectl -n $NS get deploy api -o jsonpath='{.status.updatedReplicas}/{.status.availableReplicas}/{.status.replicas}')\" = 2/2/2 ]" || true
+  rs_after=$(replicasets)
+  [ "$(wc -w <<<"$rs_after")" = $(( $(wc -w <<<"$rs_before") + 1 )) ] && ok "exactly one new ReplicaSet ($rs_after)" || bad "ReplicaSets: $rs_before -> $rs_after"
+  if eventually 30 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname='$short_user'\")\" = 0 ]"; then
+    ok "old role $short_user revoked after the rollout"
+  else
+    bad "old role $short_user still present"
+  fi
+  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked -o jsonpath='{.items[0].eventTime}')
+  ready_at=$(kubectl -n $NS get rs -l app=api --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.creationTimestamp}')
+  [ -n "$revoked_at" ] && [[ "$revoked_at" > "$ready_at" ]] && ok "revocation ($revoked_at) after the new ReplicaSet ($ready_at)" || bad "revocation time $revoked_at vs ReplicaSet $ready_at"
+else
+  bad "no rotation at max TTL ($(status_of short conditions))"
+fi
+
+# 5. Deleting the CR revokes the lease: the role disappears.
+user=$(secret_key app-db username)
+kubectl -n $NS delete dcred app --wait=true --timeout=30s >/dev/null
+eventually 20 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname='$user'\")\" = 0 ]" \
+  && ok "deleting the CR revoked the lease (role $user gone)" || bad "role $user still there after delete"
+
+# 6. No credential in logs, Events or status.
+for u in "$(secret_key short-db password)"; do
+  grep -qF "$u" "$OP_LOG" && bad "password in operator log" || ok "password not in operator log"
+  kubectl get events -A -o json | grep -qF "$u" && bad "password in Events" || ok "password not in Events"
+  kubectl -n $NS get dcred -o json | grep -qF "$u" && bad "password in status" || ok "password not in CR"
+done
+
+if [ "$fail" -ne 0 ]; then
+  echo "--- state for the failures above"
+  kubectl -n $NS get dcred -o yaml || true
+  kubectl -n $NS get events || true
+  tail -n 40 "$OP_LOG"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every real-stack test script against one stack (inside `stack.py run`); each uses its own
+# namespaces and its own operator process. Fails if any script fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+failed=()
+for t in e2e/smoke.sh e2e/dynamic_credential.sh; do
+  echo "=== $t"
+  started=$SECONDS
+  if bash "$t"; then echo "=== $t passed in $((SECONDS - started))s"; else failed+=("$t"); echo "=== $t FAILED"; fi
+done
+[ ${#failed[@]} -eq 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

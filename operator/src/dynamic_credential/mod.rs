@@ -1,0 +1,805 @@
+//! The DynamicCredential controller: one leased credential per resource, issued once, renewed while
+//! it may live, replaced with overlap (new credential written, workloads restarted and rolled out,
+//! then the old lease revoked), and revoked when the resource is deleted.
+//!
+//! The lease is recorded in the Secret's annotations and the status, and issued by a per-identity
+//! token the operator keeps renewed and stored (`lease_tokens`), so a restarted operator resumes
+//! the same lease: no new credential, no rollout.
+
+pub mod desired;
+pub mod schedule;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crds::v1alpha1::{
+    DynamicCredential, DynamicCredentialStatus, RetiringLease, condition_types, reasons,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use vault::{VaultClient, VaultError};
+
+use crate::conditions::{self, Desired};
+use crate::context::Context;
+use crate::identity::IdentityError;
+use crate::lease_tokens::{LeaseToken, LeaseTokenError};
+use crate::restart::{self, Stamped};
+use crate::template;
+use crate::vault_secret::FIELD_MANAGER;
+use crate::vault_secret::desired::data_hmac;
+use desired::Plan;
+use schedule::{IssueReason, LeaseRecord, Step, Timing, TokenView};
+
+const KIND: &str = "DynamicCredential";
+/// Guards revocation of the lease when the resource is deleted.
+pub const FINALIZER: &str = "vaultkeeper.dev/revoke-lease";
+
+/// Why a reconcile did not reach Ready. Messages name paths and roles, never credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error(transparent)]
+    Token(#[from] LeaseTokenError),
+    #[error("failed to issue a credential from {path}: {source}")]
+    Issue { path: String, source: VaultError },
+    #[error("failed to renew lease {lease_id}: {source}")]
+    Renew {
+        lease_id: String,
+        source: VaultError,
+    },
+    #[error("failed to revoke lease {lease_id}: {source}")]
+    Revoke {
+        lease_id: String,
+        source: VaultError,
+    },
+    #[error(
+        "Secret {name:?} already exists and is not managed by this DynamicCredential; delete it or choose another destination.name"
+    )]
+    SecretConflict { name: String },
+    #[error("failed to render destination: {0}")]
+    Render(#[from] template::TemplateError),
+    #[error("failed to apply Secret {name:?}: {source}")]
+    ApplySecret { name: String, source: kube::Error },
+    #[error("failed to restart {target}: {source}")]
+    Restart { target: String, source: kube::Error },
+    #[error("failed to patch status: {0}")]
+    PatchStatus(kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    fn vault_error(&self) -> Option<&VaultError> {
+        match self {
+            Self::Token(e) => e.vault_error(),
+            Self::Issue { source, .. }
+            | Self::Renew { source, .. }
+            | Self::Revoke { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Condition reason, also the `result` label of the sync metric.
+    pub fn reason(&self) -> &'static str {
+        if let Some(e) = self.vault_error() {
+            return match e {
+                e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
+                VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
+                    reasons::PERMISSION_DENIED
+                }
+                VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
+                _ => reasons::VAULT_UNAVAILABLE,
+            };
+        }
+        match self {
+            Self::InvalidSpec(_) | Self::Render(_) => reasons::INVALID_SPEC,
+            Self::Token(LeaseTokenError::Identity(IdentityError::TokenRequest { .. })) => {
+                reasons::TOKEN_REQUEST_FAILED
+            }
+            Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
+            _ => reasons::KUBERNETES_ERROR,
+        }
+    }
+}
+
+/// Starts the controller; `secrets` is a subscription to the shared managed-Secret reflector.
+pub async fn run(
+    ctx: Arc<Context>,
+    secrets: ReflectHandle<Secret>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (reader, writer) = reflector::store::<DynamicCredential>();
+    let resources = watcher(
+        Api::<DynamicCredential>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    // Spec changes and finalizer changes (the finalizer helper waits for its own patch) trigger;
+    // status-only updates do not.
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
+    Controller::for_stream(resources, reader)
+        .owns_shared_stream(secrets)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(dc: Arc<DynamicCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    match error {
+        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. } => {
+            Action::await_change()
+        }
+        _ => Action::requeue(ctx.backoff(&dc.uid().unwrap_or_default())),
+    }
+}
+
+async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _ = ctx.secrets.wait_until_ready().await;
+    let api: Api<DynamicCredential> =
+        Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
+    finalizer::finalizer(&api, FINALIZER, dc, |event| async {
+        match event {
+            Finalizer::Apply(dc) => apply(&dc, &ctx).await,
+            Finalizer::Cleanup(dc) => cleanup(&dc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// The lease the operator holds for `dc`, from its status, or from the Secret when the status was
+/// lost.
+fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<LeaseRecord> {
+    let status = dc.status.clone().unwrap_or_default();
+    let on_secret = secret.and_then(desired::lease_on_secret);
+    match (status.lease_id, on_secret) {
+        (Some(id), secret_lease) => {
+            let token_accessor = secret_lease
+                .as_ref()
+                .filter(|(sid, ..)| *sid == id)
+                .map(|(.., acc)| acc.clone())
+                .unwrap_or_default();
+            let issued = status.issue_time.map(|t| t.0)?;
+            let duration = Duration::from_secs(status.lease_duration_seconds.unwrap_or(0) as u64);
+            Some(LeaseRecord {
+                id,
+                issued,
+                duration,
+                expires: status.expiry_time.map(|t| t.0).unwrap_or(issued),
+                hard_end: status.max_expiry_time.map(|t| t.0),
+                token_accessor,
+            })
+        }
+        (None, Some((id, issued, duration, token_accessor))) => Some(LeaseRecord {
+            id,
+            issued,
+            duration,
+            expires: issued + signed(duration),
+            hard_end: None,
+            token_accessor,
+        }),
+        (None, None) => None,
+    }
+}
+
+async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = sync(dc, ctx).await;
+    let status = dc.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    match result {
+        Ok((new_status, next)) => {
+            patch_status(dc, ctx, &status, new_status).await?;
+            ctx.succeeded(&dc.uid().unwrap_or_default());
+            ctx.metrics.sync(KIND, "synced", started.elapsed());
+            let wait = next.duration_since(now).clamp(
+                SignedDuration::from_secs(1),
+                SignedDuration::from_secs(3600),
+            );
+            Ok(Action::requeue(wait.unsigned_abs()))
+        }
+        Err(err) => {
+            let mut message = err.to_string();
+            if let Some(expiry) = &status.expiry_time
+                && err.reason() != reasons::INVALID_SPEC
+            {
+                message.push_str(&format!(
+                    "; the Secret keeps the current credential, whose lease expires at {}",
+                    expiry.0
+                ));
+            }
+            let condition = Desired {
+                type_: condition_types::READY,
+                status: false,
+                reason: err.reason(),
+                message,
+            };
+            let was = conditions::find(&status.conditions, condition_types::READY)
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            let new_status = DynamicCredentialStatus {
+                conditions: conditions::set(
+                    &status.conditions,
+                    condition.clone(),
+                    dc.metadata.generation,
+                    &Time(now),
+                ),
+                observed_generation: dc.metadata.generation,
+                ..status.clone()
+            };
+            patch_status(dc, ctx, &status, new_status).await?;
+            if was != Some(("False".to_owned(), err.reason().to_owned())) {
+                publish(ctx, dc, EventType::Warning, err.reason(), condition.message).await;
+            }
+            tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), reason = err.reason(), error = %err, "DynamicCredential not ready");
+            ctx.metrics.sync(KIND, err.reason(), started.elapsed());
+            Err(err)
+        }
+    }
+}
+
+/// Brings the lease and the Secret in line; returns the new status and when to look again.
+async fn sync(
+    dc: &DynamicCredential,
+    ctx: &Context,
+) -> Result<(DynamicCredentialStatus, Timestamp), Error> {
+    let plan = desired::plan(dc, |name| {
+        ctx.identities
+            .connection(name)
+            .map(|c| c.auth_mount.clone())
+    })
+    .map_err(Error::InvalidSpec)?;
+    let connection = ctx
+        .identities
+        .connection(&plan.identity.connection)
+        .expect("plan checked the connection");
+    let client = &connection.client;
+    let namespace = dc.namespace().unwrap_or_default();
+    let dest = &dc.spec.destination.name;
+    let secret = ctx.secrets.get(&ObjectRef::new(dest).within(&namespace));
+    if let Some(s) = secret.as_deref()
+        && !desired::owned_by(s, dc)
+    {
+        return Err(Error::SecretConflict { name: dest.clone() });
+    }
+    let mut status = dc.status.clone().unwrap_or_default();
+    let lease = recorded_lease(dc, secret.as_deref());
+    let secret_holds_lease = match (&lease, secret.as_deref().and_then(desired::lease_on_secret)) {
+        (Some(l), Some((id, ..))) => l.id == id,
+        _ => false,
+    };
+    let spec_changed = secret
+        .as_deref()
+        .and_then(|s| s.annotations().get(desired::SPEC_DIGEST_ANNOTATION))
+        .is_some_and(|d| *d != plan.spec_digest);
+
+    let token = lease_token(ctx, &plan, client).await?;
+    let timing = Timing {
+        renew_at_percent: dc.spec.renew_at_percent,
+        rotate_at_percent: dc.spec.rotate_at_percent,
+        jitter: schedule::jitter_of(&dc.uid().unwrap_or_default()),
+    };
+    let now = Timestamp::now();
+    let view = TokenView {
+        accessor: token.accessor.clone(),
+    };
+    let mut step = schedule::next_step(
+        lease.as_ref(),
+        secret_holds_lease,
+        spec_changed,
+        &view,
+        timing,
+        now,
+    );
+    let mut renewal_note = None;
+    if step == Step::Renew {
+        let lease = lease.clone().expect("renew needs a lease");
+        match renew(client, &token, &lease, now).await? {
+            Some(renewed) => {
+                renewal_note = Some(if renewed.hard_end.is_some() {
+                    (
+                        false,
+                        reasons::MAX_TTL_REACHED,
+                        format!(
+                            "lease {} cannot be extended past {}; a new credential follows",
+                            renewed.id, renewed.expires
+                        ),
+                    )
+                } else {
+                    (
+                        true,
+                        reasons::RENEWED,
+                        format!("lease {} renewed until {}", renewed.id, renewed.expires),
+                    )
+                });
+                write_lease_status(&mut status, &renewed);
+                step = schedule::next_step(Some(&renewed), true, false, &view, timing, now);
+            }
+            None => step = Step::Issue(IssueReason::LeaseLost),
+        }
+    }
+
+    if let Step::Issue(reason) = step {
+        let issued = issue(dc, ctx, &plan, client, &token, now).await?;
+        let old = lease.filter(|l| l.id != issued.record.id);
+        if let Some(old) = &old
+            && reason != IssueReason::LeaseLost
+        {
+            let wait_for_rollout = !dc.spec.restart_targets.is_empty();
+            status.retiring_leases.push(RetiringLease {
+                lease_id: old.id.clone(),
+                expiry_time: Some(Time(old.expires)),
+                revoke_after: (!wait_for_rollout).then(|| Time(now + signed(plan.grace))),
+            });
+        }
+        if old.is_some() {
+            status.last_rotation_time = Some(Time(now));
+        }
+        write_lease_status(&mut status, &issued.record);
+        status.data_hmac = Some(issued.hmac.clone());
+        renewal_note = Some((
+            true,
+            reasons::ISSUED,
+            format!("lease {} issued ({})", issued.record.id, reason.describe()),
+        ));
+        publish(
+            ctx,
+            dc,
+            EventType::Normal,
+            reasons::ISSUED,
+            format!(
+                "Issued a new credential from {} into Secret {:?}: {}",
+                plan.path,
+                dest,
+                reason.describe()
+            ),
+        )
+        .await;
+        if old.is_some() || reason == IssueReason::SpecChanged {
+            restart_targets(dc, ctx, &namespace, &issued.hmac).await?;
+        }
+    }
+
+    let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, now).await;
+    let lease = recorded_lease_from_status(&status, &view.accessor);
+    let next_lease = lease
+        .as_ref()
+        .map(
+            |l| match schedule::next_step(Some(l), true, false, &view, timing, now) {
+                Step::WaitUntil(t) => t,
+                _ => now + SignedDuration::from_secs(1),
+            },
+        )
+        .unwrap_or(now + SignedDuration::from_secs(60));
+    // The lease token needs renewing too; it is renewed on the next reconcile of any of its leases.
+    let token_due = token.expires - signed(token.ttl / 2);
+    let next = [Some(next_lease), retiring_wait, Some(token_due.max(now))]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next_lease);
+    status.next_renewal_time = Some(Time(next_lease));
+    status.observed_generation = dc.metadata.generation;
+
+    let ready_message = format!(
+        "Secret {:?} holds a credential from {} (lease {}, expires {})",
+        dest,
+        plan.path,
+        status.lease_id.clone().unwrap_or_default(),
+        status
+            .expiry_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default()
+    );
+    let t = Time(now);
+    status.conditions = conditions::set(
+        &status.conditions,
+        Desired {
+            type_: condition_types::READY,
+            status: true,
+            reason: reasons::SYNCED,
+            message: ready_message,
+        },
+        dc.metadata.generation,
+        &t,
+    );
+    if let Some((ok, reason, message)) = renewal_note {
+        status.conditions = conditions::set(
+            &status.conditions,
+            Desired {
+                type_: condition_types::LEASE_RENEWAL,
+                status: ok,
+                reason,
+                message,
+            },
+            dc.metadata.generation,
+            &t,
+        );
+    }
+    let rotating = !status.retiring_leases.is_empty();
+    status.conditions = conditions::set(
+        &status.conditions,
+        Desired {
+            type_: condition_types::ROTATING,
+            status: rotating,
+            reason: if rotating {
+                reasons::WAITING_FOR_ROLLOUT
+            } else {
+                reasons::IDLE
+            },
+            message: if rotating {
+                format!(
+                    "{} previous lease(s) will be revoked after the restarted workloads rolled out and {:?} passed",
+                    status.retiring_leases.len(),
+                    dc.spec.rotation_grace_period
+                )
+            } else {
+                "no rotation in progress".to_owned()
+            },
+        },
+        dc.metadata.generation,
+        &t,
+    );
+    Ok((status, next))
+}
+
+/// The lease now in the status, as held by `token_accessor` (the token check already ran).
+fn recorded_lease_from_status(
+    status: &DynamicCredentialStatus,
+    token_accessor: &str,
+) -> Option<LeaseRecord> {
+    let issued = status.issue_time.as_ref()?.0;
+    Some(LeaseRecord {
+        id: status.lease_id.clone()?,
+        issued,
+        duration: Duration::from_secs(status.lease_duration_seconds.unwrap_or(0) as u64),
+        expires: status.expiry_time.as_ref().map(|t| t.0).unwrap_or(issued),
+        hard_end: status.max_expiry_time.as_ref().map(|t| t.0),
+        token_accessor: token_accessor.to_owned(),
+    })
+}
+
+fn write_lease_status(status: &mut DynamicCredentialStatus, lease: &LeaseRecord) {
+    status.lease_id = Some(lease.id.clone());
+    status.issue_time = Some(Time(lease.issued));
+    status.lease_duration_seconds = Some(lease.duration.as_secs() as i64);
+    status.expiry_time = Some(Time(lease.expires));
+    status.max_expiry_time = lease.hard_end.map(Time);
+}
+
+async fn lease_token(
+    ctx: &Context,
+    plan: &Plan,
+    client: &VaultClient,
+) -> Result<LeaseToken, Error> {
+    Ok(ctx
+        .lease_tokens
+        .get(
+            &plan.identity,
+            client,
+            &ctx.identities,
+            ctx.token_replace_before,
+        )
+        .await?)
+}
+
+/// Renews the lease; `None` when Vault no longer knows it.
+async fn renew(
+    client: &VaultClient,
+    token: &LeaseToken,
+    lease: &LeaseRecord,
+    now: Timestamp,
+) -> Result<Option<LeaseRecord>, Error> {
+    let increment = lease.duration.max(Duration::from_secs(60));
+    match client.renew_lease(&token.token, &lease.id, increment).await {
+        Ok(renewal) => {
+            let expires = now + signed(renewal.lease.duration);
+            Ok(Some(LeaseRecord {
+                duration: if renewal.capped {
+                    lease.duration
+                } else {
+                    renewal.lease.duration
+                },
+                expires,
+                hard_end: renewal.capped.then_some(expires),
+                ..lease.clone()
+            }))
+        }
+        // "lease not found or lease is not renewable" / "invalid lease ID".
+        Err(VaultError::Rejected { status: 400, .. }) => Ok(None),
+        Err(source) => Err(Error::Renew {
+            lease_id: lease.id.clone(),
+            source,
+        }),
+    }
+}
+
+struct Issued {
+    record: LeaseRecord,
+    hmac: String,
+}
+
+async fn issue(
+    dc: &DynamicCredential,
+    ctx: &Context,
+    plan: &Plan,
+    client: &VaultClient,
+    token: &LeaseToken,
+    now: Timestamp,
+) -> Result<Issued, Error> {
+    let leased = client
+        .issue_leased(&token.token, &plan.path, plan.body.as_ref())
+        .await
+        .map_err(|source| Error::Issue {
+            path: plan.path.clone(),
+            source,
+        })?;
+    let record = LeaseRecord {
+        id: leased.lease.id.clone(),
+        issued: now,
+        duration: leased.lease.duration,
+        expires: now + signed(leased.lease.duration),
+        hard_end: (!leased.lease.renewable).then(|| now + signed(leased.lease.duration)),
+        token_accessor: token.accessor.clone(),
+    };
+    let templated = template::render(&dc.spec.destination.templates, &leased.data)?;
+    let data = crate::vault_secret::desired::secret_data(leased.data.to_text_map(), templated);
+    let hmac = data_hmac(&ctx.hmac_key, &data);
+    let secret = desired::build_secret(dc, data, &record, &plan.spec_digest);
+    let name = dc.spec.destination.name.clone();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
+    if let Err(source) = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+    {
+        // The credential exists in Vault but nobody can use it: revoke it rather than leak it.
+        if let Err(err) = client.revoke_lease(&token.token, &record.id).await {
+            tracing::warn!(lease_id = %record.id, error = %err, "failed to revoke a credential that could not be written");
+        }
+        return Err(Error::ApplySecret { name, source });
+    }
+    ctx.metrics.kube_write("secret");
+    tracing::info!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), lease_id = %record.id, ttl = record.duration.as_secs(), "issued credential");
+    Ok(Issued { record, hmac })
+}
+
+/// Stamps every restart target with the new data version; missing targets are reported, not fatal.
+async fn restart_targets(
+    dc: &DynamicCredential,
+    ctx: &Context,
+    namespace: &str,
+    hmac: &str,
+) -> Result<(), Error> {
+    let stamp = hmac.trim_start_matches("sha256:")[..16].to_owned();
+    for target in &dc.spec.restart_targets {
+        let what = format!("{:?} {}", target.kind, target.name);
+        match restart::stamp(&ctx.client, namespace, target, &stamp).await {
+            Ok(Stamped::Restarted) => {
+                ctx.metrics.restart(KIND);
+                publish(
+                    ctx,
+                    dc,
+                    EventType::Normal,
+                    "Restarted",
+                    format!("Restarted {what} for the new credential"),
+                )
+                .await;
+            }
+            Ok(Stamped::AlreadyCurrent) => {}
+            Ok(Stamped::Missing) => {
+                publish(
+                    ctx,
+                    dc,
+                    EventType::Warning,
+                    reasons::TARGET_MISSING,
+                    format!("restart target {what} does not exist"),
+                )
+                .await;
+            }
+            Err(source) => {
+                return Err(Error::Restart {
+                    target: what,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves retiring leases along: once every target rolled out, the grace period starts; after it,
+/// the lease is revoked. Returns when to look again, if anything is pending.
+async fn retire(
+    dc: &DynamicCredential,
+    ctx: &Context,
+    client: &VaultClient,
+    token: &LeaseToken,
+    plan: &Plan,
+    status: &mut DynamicCredentialStatus,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if status.retiring_leases.is_empty() {
+        return None;
+    }
+    let namespace = dc.namespace().unwrap_or_default();
+    let mut rolled_out = None;
+    let mut next: Option<Timestamp> = None;
+    let mut keep = Vec::new();
+    for mut retiring in std::mem::take(&mut status.retiring_leases) {
+        if retiring.expiry_time.as_ref().is_some_and(|t| t.0 <= now) {
+            continue; // expired on its own
+        }
+        if retiring.revoke_after.is_none() {
+            if rolled_out.is_none() {
+                let mut done = true;
+                for target in &dc.spec.restart_targets {
+                    match restart::rollout_done(&ctx.client, &namespace, target).await {
+                        Ok(true) => {}
+                        Ok(false) => done = false,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "failed to read a restart target");
+                            done = false;
+                        }
+                    }
+                }
+                rolled_out = Some(done);
+            }
+            if rolled_out == Some(true) {
+                retiring.revoke_after = Some(Time(now + signed(plan.grace)));
+            } else {
+                next = Some(next.map_or(now + SignedDuration::from_secs(2), |n| {
+                    n.min(now + SignedDuration::from_secs(2))
+                }));
+                keep.push(retiring);
+                continue;
+            }
+        }
+        let after = retiring.revoke_after.as_ref().map(|t| t.0).unwrap_or(now);
+        if after <= now {
+            match client.revoke_lease(&token.token, &retiring.lease_id).await {
+                Ok(()) => {
+                    publish(
+                        ctx,
+                        dc,
+                        EventType::Normal,
+                        "Revoked",
+                        format!("Revoked previous lease {}", retiring.lease_id),
+                    )
+                    .await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(lease_id = %retiring.lease_id, error = %err, "failed to revoke a previous lease; retrying");
+                    next = Some(next.map_or(now + SignedDuration::from_secs(30), |n| {
+                        n.min(now + SignedDuration::from_secs(30))
+                    }));
+                    keep.push(retiring);
+                    continue;
+                }
+            }
+        }
+        next = Some(next.map_or(after, |n| n.min(after)));
+        keep.push(retiring);
+    }
+    status.retiring_leases = keep;
+    next
+}
+
+/// Revokes the current and retiring leases when `revokeOnDelete` is set.
+async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
+    if !dc.spec.revoke_on_delete {
+        return Ok(Action::await_change());
+    }
+    let status = dc.status.clone().unwrap_or_default();
+    let mut leases: Vec<String> = status
+        .retiring_leases
+        .iter()
+        .map(|r| r.lease_id.clone())
+        .collect();
+    leases.extend(status.lease_id.clone());
+    if leases.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let plan = match desired::plan(dc, |name| {
+        ctx.identities
+            .connection(name)
+            .map(|c| c.auth_mount.clone())
+    }) {
+        Ok(plan) => plan,
+        // Nothing can be revoked through a connection that does not exist.
+        Err(_) => return Ok(Action::await_change()),
+    };
+    let client = &ctx
+        .identities
+        .connection(&plan.identity.connection)
+        .expect("plan checked the connection")
+        .client;
+    let token = lease_token(ctx, &plan, client).await?;
+    for lease_id in leases {
+        client
+            .revoke_lease(&token.token, &lease_id)
+            .await
+            .map_err(|source| Error::Revoke {
+                lease_id: lease_id.clone(),
+                source,
+            })?;
+        tracing::info!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), %lease_id, "revoked lease on delete");
+    }
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    dc: &DynamicCredential,
+    ctx: &Context,
+    current: &DynamicCredentialStatus,
+    new: DynamicCredentialStatus,
+) -> Result<(), Error> {
+    if dc.status.is_some() && current == &new {
+        return Ok(());
+    }
+    let api: Api<DynamicCredential> =
+        Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
+    api.patch_status(
+        &dc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": new })),
+    )
+    .await
+    .map_err(Error::PatchStatus)?;
+    ctx.metrics.kube_write("status");
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    dc: &DynamicCredential,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Lease".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
+        tracing::debug!(error = %err, "failed to publish event");
+    } else {
+        ctx.metrics.kube_write("event");
+    }
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}

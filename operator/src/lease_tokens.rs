@@ -1,0 +1,431 @@
+//! The Vault tokens that issue leases, one per identity. A lease dies with the token that created
+//! it, so these tokens are renewed (not replaced) while they can be, and kept encrypted in a Secret
+//! of the operator's own namespace, so a restarted or failed-over operator goes on with the same
+//! token instead of issuing new credentials.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use hmac::{Hmac, Mac};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use vault::{VaultClient, VaultError, VaultToken};
+
+use crate::identity::{Identities, IdentityError, IdentityKey};
+
+const FIELD_MANAGER: &str = "vaultkeeper";
+const TOKEN_FIELD: &str = "token";
+const EXPIRES_ANNOTATION: &str = "vaultkeeper.dev/expires";
+const HARD_END_ANNOTATION: &str = "vaultkeeper.dev/hard-end";
+const IDENTITY_ANNOTATION: &str = "vaultkeeper.dev/identity";
+/// Label of the token Secrets, so an administrator can list (and, to force new tokens, delete) them.
+pub const TOKEN_SECRET_LABEL: &str = "vaultkeeper.dev/lease-token";
+
+/// A token that issues leases, and what is known of its lifetime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseToken {
+    pub token: VaultToken,
+    /// Accessor of the token (not a secret): leases record which token issued them.
+    pub accessor: String,
+    /// When it expires unless renewed.
+    pub expires: Timestamp,
+    /// When it ends for good (renewal was capped by its max TTL); `None` while renewal extends it.
+    pub hard_end: Option<Timestamp>,
+    /// The TTL it was issued with; each renewal asks for at least this much.
+    pub ttl: Duration,
+}
+
+impl LeaseToken {
+    /// Renew once half the time to expiry has passed, so an outage of up to half the TTL costs
+    /// nothing.
+    fn renew_due(&self, now: Timestamp) -> bool {
+        self.hard_end.is_none() && now >= self.expires - signed(self.ttl / 2)
+    }
+}
+
+/// Why a lease token could not be had or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseTokenError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("failed to renew or look up the lease token of {identity}: {source}")]
+    Vault {
+        identity: String,
+        source: VaultError,
+    },
+    #[error("failed to store the lease token of {identity}: {source}")]
+    Store {
+        identity: String,
+        source: kube::Error,
+    },
+}
+
+impl LeaseTokenError {
+    /// The Vault error underneath, if any (for condition reasons).
+    pub fn vault_error(&self) -> Option<&VaultError> {
+        match self {
+            Self::Identity(IdentityError::Login { source, .. }) | Self::Vault { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<LeaseToken>>>;
+
+/// Lease tokens by identity, loaded from and saved to Secrets in the operator's namespace.
+pub struct LeaseTokens {
+    kube: kube::Client,
+    namespace: String,
+    cipher: ChaCha20Poly1305,
+    slots: Mutex<HashMap<IdentityKey, Slot>>,
+}
+
+impl LeaseTokens {
+    /// `operator_key` is the operator's secret key; the encryption key is derived from it.
+    pub fn new(kube: kube::Client, namespace: String, operator_key: &[u8]) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(operator_key)
+            .expect("HMAC accepts any key length");
+        mac.update(b"vaultkeeper lease-token encryption v1");
+        let key = mac.finalize().into_bytes();
+        Self {
+            kube,
+            namespace,
+            cipher: ChaCha20Poly1305::new(&key),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity's lease token: the one in memory, else the stored one if Vault still knows it,
+    /// else a fresh login. Renews it when due; replaces it when it is about to end for good
+    /// (within `replace_before` of its hard end), in which case leases of the old token must move.
+    pub async fn get(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+        identities: &Identities,
+        replace_before: Duration,
+    ) -> Result<LeaseToken, LeaseTokenError> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let mut held = slot.lock().await;
+        let now = Timestamp::now();
+        if held.is_none() {
+            *held = self.load(key, client).await?;
+        }
+        let mut changed = false;
+        match held.clone() {
+            Some(token)
+                if token
+                    .hard_end
+                    .is_some_and(|end| now + signed(replace_before) >= end)
+                    || token.expires <= now =>
+            {
+                *held = Some(self.login(key, client, identities).await?);
+                changed = true;
+            }
+            Some(token) if token.renew_due(now) => {
+                let increment = token.ttl.max(Duration::from_secs(60));
+                match client.renew_self(&token.token, Some(increment)).await {
+                    Ok(auth) => {
+                        let capped = auth.ttl + Duration::from_secs(2) < increment;
+                        let expires = now + signed(auth.ttl);
+                        *held = Some(LeaseToken {
+                            expires,
+                            hard_end: capped.then_some(expires),
+                            ..token
+                        });
+                        changed = true;
+                    }
+                    // Revoked or expired out of band: its leases are gone with it.
+                    Err(VaultError::PermissionDenied { .. }) => {
+                        *held = Some(self.login(key, client, identities).await?);
+                        changed = true;
+                    }
+                    Err(source) => {
+                        return Err(LeaseTokenError::Vault {
+                            identity: key.to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                *held = Some(self.login(key, client, identities).await?);
+                changed = true;
+            }
+        }
+        let token = held.clone().expect("set above");
+        if changed {
+            self.save(key, &token).await?;
+        }
+        Ok(token)
+    }
+
+    async fn login(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+        identities: &Identities,
+    ) -> Result<LeaseToken, LeaseTokenError> {
+        let auth = identities.login(key, client).await?;
+        let info =
+            client
+                .lookup_self(&auth.token)
+                .await
+                .map_err(|source| LeaseTokenError::Vault {
+                    identity: key.to_string(),
+                    source,
+                })?;
+        let now = Timestamp::now();
+        Ok(LeaseToken {
+            token: auth.token,
+            accessor: info.accessor,
+            expires: now + signed(info.ttl),
+            hard_end: None,
+            ttl: auth.ttl,
+        })
+    }
+
+    /// The stored token, if there is one Vault still accepts.
+    async fn load(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+    ) -> Result<Option<LeaseToken>, LeaseTokenError> {
+        let name = secret_name(key);
+        let api: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);
+        let secret = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| LeaseTokenError::Store {
+                identity: key.to_string(),
+                source,
+            })?;
+        let Some(secret) = secret else {
+            return Ok(None);
+        };
+        let Some(token) = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_FIELD))
+            .and_then(|sealed| self.open(&name, &sealed.0))
+        else {
+            tracing::warn!(secret = %name, "stored lease token cannot be decrypted (operator key changed?); logging in again");
+            return Ok(None);
+        };
+        let annotations = secret.metadata.annotations.unwrap_or_default();
+        let hard_end = annotations
+            .get(HARD_END_ANNOTATION)
+            .and_then(|t| t.parse().ok());
+        match client.lookup_self(&token).await {
+            Ok(info) => {
+                let now = Timestamp::now();
+                let ttl = annotations
+                    .get("vaultkeeper.dev/ttl-seconds")
+                    .and_then(|t| t.parse().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(info.period.max(info.ttl));
+                tracing::info!(identity = %key, accessor = %info.accessor, "resumed stored lease token");
+                Ok(Some(LeaseToken {
+                    token,
+                    accessor: info.accessor,
+                    expires: now + signed(info.ttl),
+                    hard_end,
+                    ttl,
+                }))
+            }
+            Err(VaultError::PermissionDenied { .. }) => {
+                tracing::warn!(identity = %key, "stored lease token is no longer valid; logging in again");
+                Ok(None)
+            }
+            Err(source) => Err(LeaseTokenError::Vault {
+                identity: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn save(&self, key: &IdentityKey, token: &LeaseToken) -> Result<(), LeaseTokenError> {
+        let name = secret_name(key);
+        let mut annotations = BTreeMap::from([
+            (IDENTITY_ANNOTATION.to_owned(), key.to_string()),
+            (EXPIRES_ANNOTATION.to_owned(), token.expires.to_string()),
+            (
+                "vaultkeeper.dev/ttl-seconds".to_owned(),
+                token.ttl.as_secs().to_string(),
+            ),
+            (
+                "vaultkeeper.dev/accessor".to_owned(),
+                token.accessor.clone(),
+            ),
+        ]);
+        if let Some(end) = token.hard_end {
+            annotations.insert(HARD_END_ANNOTATION.to_owned(), end.to_string());
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (
+                        "app.kubernetes.io/name".to_owned(),
+                        "vaultkeeper".to_owned(),
+                    ),
+                    (TOKEN_SECRET_LABEL.to_owned(), "true".to_owned()),
+                ])),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                TOKEN_FIELD.to_owned(),
+                ByteString(self.seal(&name, &token.token)),
+            )])),
+            ..Default::default()
+        };
+        let api: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|source| LeaseTokenError::Store {
+            identity: key.to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// nonce ‖ ciphertext, bound to the Secret's name so a sealed token cannot be moved.
+    fn seal(&self, name: &str, token: &VaultToken) -> Vec<u8> {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: token.expose().as_bytes(),
+                    aad: name.as_bytes(),
+                },
+            )
+            .expect("encryption of a short message cannot fail");
+        B64.encode([nonce.as_slice(), &sealed].concat())
+            .into_bytes()
+    }
+
+    fn open(&self, name: &str, stored: &[u8]) -> Option<VaultToken> {
+        let raw = B64.decode(stored).ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: name.as_bytes(),
+                },
+            )
+            .ok()?;
+        String::from_utf8(plain).ok().map(VaultToken::new)
+    }
+}
+
+/// One Secret per identity; the name is a digest, the identity itself is in an annotation.
+pub fn secret_name(key: &IdentityKey) -> String {
+    let digest = Sha256::digest(
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            key.connection, key.namespace, key.service_account, key.role, key.mount
+        )
+        .as_bytes(),
+    );
+    format!("vaultkeeper-lease-token-{}", &hex::encode(digest)[..16])
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> IdentityKey {
+        IdentityKey {
+            connection: "default".into(),
+            namespace: "app".into(),
+            service_account: "web".into(),
+            role: "db".into(),
+            mount: "kubernetes".into(),
+        }
+    }
+
+    #[test]
+    fn secret_names_are_stable_and_distinct() {
+        let a = secret_name(&key());
+        assert_eq!(a, secret_name(&key()));
+        assert!(a.starts_with("vaultkeeper-lease-token-") && a.len() == 40);
+        let other = IdentityKey {
+            role: "db2".into(),
+            ..key()
+        };
+        assert_ne!(a, secret_name(&other));
+    }
+
+    #[tokio::test]
+    async fn sealed_tokens_open_only_under_the_same_key_and_name() {
+        vault::install_crypto_provider();
+        // A client that is never used: sealing needs no API server.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let tokens = LeaseTokens::new(client.clone(), "ops".into(), &[7u8; 32]);
+        let token = VaultToken::new("s.secret-token");
+        let sealed = tokens.seal("a", &token);
+        assert!(!String::from_utf8_lossy(&sealed).contains("secret-token"));
+        assert_eq!(tokens.open("a", &sealed), Some(token));
+        assert_eq!(tokens.open("b", &sealed), None, "bound to the Secret name");
+        let other = LeaseTokens::new(client, "ops".into(), &[8u8; 32]);
+        assert_eq!(other.open("a", &sealed), None, "bound to the operator key");
+    }
+
+    #[test]
+    fn renewal_is_due_at_half_of_the_remaining_ttl() {
+        let now = Timestamp::now();
+        let token = LeaseToken {
+            token: VaultToken::new("t"),
+            accessor: "a".into(),
+            expires: now + SignedDuration::from_secs(100),
+            hard_end: None,
+            ttl: Duration::from_secs(120),
+        };
+        assert!(!token.renew_due(now - SignedDuration::from_secs(1)));
+        assert!(token.renew_due(now + SignedDuration::from_secs(41)));
+        let capped = LeaseToken {
+            hard_end: Some(now),
+            ..token
+        };
+        assert!(!capped.renew_due(now + SignedDuration::from_secs(99)));
+    }
+}
