@@ -19,13 +19,16 @@ app_roles() { psql_admin "select rolname from pg_roles where rolname like 'v-%' 
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
 replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
-OP_PID=
-start_operator() {
-  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" >>"$OP_LOG" 2>&1 &
+OP_PID=; B_PID=; OP_N=0
+start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
+  local port=${1:-$METRICS_PORT}
+  OP_N=$((OP_N + 1))
+  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$port" --identity "op-$OP_N" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
-  eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator never became ready"
+  eventually 60 curl -sf "127.0.0.1:$port/readyz" || bad "operator op-$OP_N never became ready"
 }
-trap '[ -z "$OP_PID" ] || kill $OP_PID 2>/dev/null || true' EXIT
+holder() { kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+trap 'for p in $OP_PID $B_PID; do kill $p 2>/dev/null || true; done' EXIT
 
 kubectl apply -f manifests/crds.yaml >/dev/null
 kubectl wait --for=condition=Established crd/dynamiccredentials.vaultkeeper.dev >/dev/null
@@ -117,9 +120,9 @@ eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy api -o jsonpath='{.statu
 rs_before=$(replicasets)
 dcred short short short-db "  restartTargets: [{kind: Deployment, name: api}]"
 eventually 30 kubectl -n $NS get secret short-db || bad "Secret short-db never appeared"
-short_user=$(secret_key short-db username); short_lease=$(status_of short leaseId)
+short_user=$(secret_key short-db username); short_lease=$(status_of short leaseId); short_password=$(secret_key short-db password)
 if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.status.leaseId}')\" != \"$short_lease\" ]"; then
-  new_user=$(secret_key short-db username)
+  new_user=$(secret_key short-db username); short_password=$(secret_key short-db password)
   [ "$new_user" != "$short_user" ] && ok "rotated at max TTL: $short_user -> $new_user" || bad "rotation kept the user"
   eventually 20 bash -c "[ \"\$(kubectl -n $NS get deploy api -o jsonpath='{.status.updatedReplicas}/{.status.availableReplicas}/{.status.replicas}')\" = 2/2/2 ]" || true
   rs_after=$(replicasets)
@@ -129,21 +132,49 @@ if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.s
   else
     bad "old role $short_user still present"
   fi
-  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked -o jsonpath='{.items[0].eventTime}')
+  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked -o jsonpath='{.items[*].eventTime}' | awk '{print $1}')
   ready_at=$(kubectl -n $NS get rs -l app=api --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.creationTimestamp}')
   [ -n "$revoked_at" ] && [[ "$revoked_at" > "$ready_at" ]] && ok "revocation ($revoked_at) after the new ReplicaSet ($ready_at)" || bad "revocation time $revoked_at vs ReplicaSet $ready_at"
 else
   bad "no rotation at max TTL ($(status_of short conditions))"
 fi
 
-# 5. Deleting the CR revokes the lease: the role disappears.
+# 5. High availability: a standby takes over within 15 s when the leader is killed and resumes the
+#    same lease (no new credential, no rollout); a graceful shutdown releases the Lease at once.
+kubectl -n $NS delete dcred short --wait=true --timeout=30s >/dev/null # stop its 45s rotations
+eventually 20 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = op-$OP_N ]" \
+  || bad "op-$OP_N never became leader ($(holder))"
+leader=op-$OP_N; LEADER_PID=$OP_PID
+STANDBY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_operator "$STANDBY_PORT"; B_PID=$OP_PID; standby=op-$OP_N
+sleep 3
+[ "$(holder)" = "$leader" ] && ok "two replicas: $leader leads, $standby stands by" || bad "holder is $(holder), expected $leader"
+lease=$(status_of app leaseId); roles_before=$(app_roles); rs_before=$(replicasets)
+t0=$(date +%s.%N)
+kill -9 "$LEADER_PID"; wait "$LEADER_PID" 2>/dev/null || true
+if eventually 30 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = $standby ]"; then
+  took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+  python3 -c "import sys; sys.exit(0 if $took <= 15 else 1)" && ok "standby took over ${took}s after the leader was killed" || bad "takeover took ${took}s (> 15s)"
+else
+  bad "standby never took over ($(holder))"
+fi
+sleep 35 # past a renewal of the 30s lease by the new leader
+[ "$(status_of app leaseId)" = "$lease" ] && ok "after failover: same lease" || bad "lease re-issued after failover"
+[ "$(app_roles)" = "$roles_before" ] && ok "after failover: same PostgreSQL roles" || bad "roles changed after failover: $roles_before -> $(app_roles)"
+[ "$(replicasets)" = "$rs_before" ] && ok "after failover: no rollout" || bad "ReplicaSets changed after failover"
+kill -TERM "$B_PID"; wait "$B_PID" 2>/dev/null || true; B_PID=
+[ -z "$(holder)" ] && ok "graceful shutdown released the Lease" || bad "Lease still held by $(holder) after SIGTERM"
+OP_PID=
+start_operator
+
+# 6. Deleting the CR revokes the lease: the role disappears.
 user=$(secret_key app-db username)
 kubectl -n $NS delete dcred app --wait=true --timeout=30s >/dev/null
 eventually 20 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname='$user'\")\" = 0 ]" \
   && ok "deleting the CR revoked the lease (role $user gone)" || bad "role $user still there after delete"
 
-# 6. No credential in logs, Events or status.
-for u in "$(secret_key short-db password)"; do
+# 7. No credential in logs, Events or status.
+for u in "$short_password"; do
   grep -qF "$u" "$OP_LOG" && bad "password in operator log" || ok "password not in operator log"
   kubectl get events -A -o json | grep -qF "$u" && bad "password in Events" || ok "password not in Events"
   kubectl -n $NS get dcred -o json | grep -qF "$u" && bad "password in status" || ok "password not in CR"

@@ -1,22 +1,218 @@
-//! vaultkeeper agent (renders Vault secrets to files inside a pod). Not built yet: this binary only
-//! parses its flags and exits. It depends on the `vault` crate and never on kube or k8s-openapi.
+//! vaultkeeper agent: logs in to Vault with the pod's ServiceAccount token and renders secrets to
+//! files, once (`init`) or continuously (`sidecar`). Configured by the JSON the webhook writes into
+//! `VAULTKEEPER_AGENT_CONFIG`. Depends on the `vault` crate and never on kube or k8s-openapi: it
+//! runs in every injected pod, so size and memory matter (single-threaded runtime, few crates).
 
-use clap::Parser;
+mod agent;
+mod config;
+mod files;
+mod log;
+mod source;
+mod state;
+mod template;
 
-/// vaultkeeper agent: logs in to Vault as the pod and renders secrets to files (not implemented yet).
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::agent::Agent;
+use crate::config::{AgentConfig, Mode};
+use crate::log::{info, warning};
+
+/// vaultkeeper agent: renders Vault secrets to files inside a pod.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Vault address.
-    #[arg(long, env = "VAULTKEEPER_VAULT_ADDR")]
-    vault_addr: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The agent configuration (JSON, written by the webhook).
+    #[arg(
+        long,
+        env = "VAULTKEEPER_AGENT_CONFIG",
+        hide_env_values = true,
+        global = true
+    )]
+    config: Option<String>,
+
+    /// How often static secrets are checked for changes: KV v2 by metadata version (one small
+    /// request), KV v1 and other static data by reading them. Leased secrets follow their TTL.
+    #[arg(long, env = "VAULTKEEPER_AGENT_POLL_INTERVAL", default_value = "5m", value_parser = parse_duration, global = true)]
+    poll_interval: Duration,
+
+    /// Timeout of one Vault request.
+    #[arg(long, env = "VAULTKEEPER_AGENT_VAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    vault_timeout: Duration,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// Render as the configuration's `mode` says (the default).
+    Run,
+    /// Exit 0 if the ready file exists (the native sidecar's startup probe), 1 otherwise.
+    Probe,
+}
+
+fn main() -> ExitCode {
     vault::install_crypto_provider();
     let args = Args::parse();
-    anyhow::bail!(
-        "the agent is not implemented yet (Vault address: {:?})",
-        args.vault_addr
-    )
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vaultkeeper-agent: error: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let json = args
+        .config
+        .as_deref()
+        .ok_or("no configuration: set VAULTKEEPER_AGENT_CONFIG (or --config)")?;
+    let config = AgentConfig::parse(json).map_err(|e| e.to_string())?;
+    if args.command == Some(Command::Probe) {
+        return if config.ready_file.exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not ready: {} does not exist",
+                config.ready_file.display()
+            ))
+        };
+    }
+    let client = vault::VaultClient::new(
+        &vault::VaultConfig {
+            address: config.vault_addr.clone(),
+            ca_pem: config.vault_ca_pem.as_ref().map(|p| p.clone().into_bytes()),
+            timeout: args.vault_timeout,
+        },
+        None,
+    )?;
+    let mode = config.mode;
+    let agent = Agent::new(config, client, args.poll_interval, mode == Mode::Sidecar)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start the runtime: {e}"))?;
+    match mode {
+        Mode::Init => runtime.block_on(run_init(agent)),
+        Mode::Sidecar => runtime.block_on(run_sidecar(agent, args.poll_interval)),
+    }
+}
+
+/// Renders every file once. Any failure fails the whole run and writes nothing.
+async fn run_init(mut agent: Agent) -> Result<(), String> {
+    let started = Instant::now();
+    agent.restore().await;
+    let errors = agent.pass(true).await;
+    agent.finish_init(errors.is_empty()).await;
+    if let Some(first) = errors.first() {
+        let more = match errors.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        return Err(format!("{first}{more}"));
+    }
+    info!(
+        "rendered every secret in {} ms; exiting",
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Renders, signals readiness, then keeps files, token and leases fresh until SIGTERM.
+async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| format!("failed to listen for SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("failed to listen for SIGINT: {e}"))?;
+    let started = Instant::now();
+    info!(
+        "starting in sidecar mode (static secrets checked every {}s)",
+        poll.as_secs()
+    );
+    let mut ready = false;
+    let work = async {
+        agent.restore().await;
+        loop {
+            for error in agent.pass(false).await {
+                warning!("{error}");
+            }
+            if !ready && agent.all_rendered() {
+                match agent.mark_ready() {
+                    Ok(()) => {
+                        ready = true;
+                        info!(
+                            "every secret rendered in {} ms; ready",
+                            started.elapsed().as_millis()
+                        );
+                    }
+                    Err(e) => warning!("failed to create the ready file: {e}"),
+                }
+            }
+            let next = agent
+                .next_due()
+                .max(Instant::now() + Duration::from_millis(100));
+            tokio::time::sleep_until(next.into()).await;
+        }
+    };
+    tokio::select! {
+        () = work => Ok(()),
+        _ = terminate.recv() => {
+            info!("SIGTERM: exiting (files, token and leases are kept for a restart)");
+            Ok(())
+        }
+        _ = interrupt.recv() => {
+            info!("SIGINT: exiting");
+            Ok(())
+        }
+    }
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration such as 30s, 5m or 1h")),
+    };
+    if secs == 0 {
+        return Err("the duration must be at least 1s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn flags_have_env_and_parse() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["vaultkeeper-agent", "probe", "--config", "{}"]).unwrap();
+        assert_eq!(args.command, Some(Command::Probe));
+        assert_eq!(args.poll_interval, Duration::from_secs(300));
+    }
 }

@@ -66,6 +66,20 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_LOG", default_value = "info")]
     pub log: String,
 
+    /// Elect one active replica through the coordination Lease `vaultkeeper-operator` in the
+    /// operator's namespace; the others wait warm and take over when it is gone.
+    #[arg(long, env = "VAULTKEEPER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// This replica's name in the Lease and in Events (the chart sets the pod name). A random name
+    /// when unset.
+    #[arg(long, env = "VAULTKEEPER_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long a leader's Lease lasts without renewal before another replica may take it.
+    #[arg(long, env = "VAULTKEEPER_LEASE_DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "VAULTKEEPER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -6,6 +6,7 @@ mod context;
 mod dynamic_credential;
 mod http;
 mod identity;
+mod leader;
 mod lease_tokens;
 mod metrics;
 mod operator_key;
@@ -74,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let reporter = Reporter {
         controller: "vaultkeeper-operator".into(),
-        instance: std::env::var("HOSTNAME").ok(),
+        instance: args.identity.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
     // One watch of managed Secrets feeds the cache and both controllers.
@@ -106,26 +107,65 @@ async fn main() -> anyhow::Result<()> {
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
+    // The managed-Secret cache fills before leadership, so a standby takes over warm.
+    tokio::spawn(async move {
+        if secrets.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("caches filled");
+        }
+    });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let mut leadership = match args.leader_election {
+        true => Some(leader::elect(ctx.client.clone(), &args).await?),
+        false => None,
+    };
+    if let Some(mut leader) = leadership.take() {
+        tokio::select! {
+            _ = leader.acquired() => leadership = Some(leader),
+            _ = &mut shutdown => {
+                tracing::info!("shutting down before becoming leader");
+                leader.release().await;
+                let _ = stop_tx.send(true);
+                http.await??;
+                return Ok(());
+            }
+        }
+    }
+
     let controller = tokio::spawn(vault_secret::run(
         ctx.clone(),
         vs_secrets,
         stopped(stop_rx.clone()),
     ));
     let dc_controller = tokio::spawn(dynamic_credential::run(ctx, dc_secrets, stopped(stop_rx)));
-    tokio::spawn(async move {
-        if secrets.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("caches filled; controllers running");
-        }
-    });
+    tracing::info!("controllers running");
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let lost = async {
+        match &mut leadership {
+            Some(leader) => leader.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let lost_leadership = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lost => true,
+    };
+    if lost_leadership {
+        tracing::error!("lost the leader Lease; stopping so that only one replica acts");
+    } else {
+        tracing::info!("shutting down");
+    }
     let _ = stop_tx.send(true);
     controller.await?;
     dc_controller.await?;
     secret_watch.abort();
+    if let Some(leader) = leadership {
+        leader.release().await;
+    }
     http.await??;
+    anyhow::ensure!(!lost_leadership, "lost leadership");
     Ok(())
 }
 

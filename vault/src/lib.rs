@@ -14,6 +14,7 @@ mod client;
 mod error;
 mod kv;
 mod lease;
+mod raw;
 mod token_cache;
 
 pub use auth::AuthToken;

@@ -75,6 +75,8 @@ pub enum Error {
     Restart { target: String, source: kube::Error },
     #[error("failed to patch status: {0}")]
     PatchStatus(kube::Error),
+    #[error("failed to read from the Kubernetes API: {0}")]
+    Read(kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
 }
@@ -172,18 +174,24 @@ async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Acti
     })
 }
 
-/// The lease the operator holds for `dc`, from its status, or from the Secret when the status was
-/// lost.
+/// The lease behind the Secret. The Secret is written before the status, so when the two name
+/// different leases the Secret's is the newer one (its timing is then taken from its annotations).
 fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<LeaseRecord> {
     let status = dc.status.clone().unwrap_or_default();
     let on_secret = secret.and_then(desired::lease_on_secret);
     match (status.lease_id, on_secret) {
+        (Some(id), Some((sid, issued, duration, token_accessor))) if id != sid => {
+            Some(LeaseRecord {
+                id: sid,
+                issued,
+                duration,
+                expires: issued + signed(duration),
+                hard_end: None,
+                token_accessor,
+            })
+        }
         (Some(id), secret_lease) => {
-            let token_accessor = secret_lease
-                .as_ref()
-                .filter(|(sid, ..)| *sid == id)
-                .map(|(.., acc)| acc.clone())
-                .unwrap_or_default();
+            let token_accessor = secret_lease.map(|(.., acc)| acc).unwrap_or_default();
             let issued = status.issue_time.map(|t| t.0)?;
             let duration = Duration::from_secs(status.lease_duration_seconds.unwrap_or(0) as u64);
             Some(LeaseRecord {
@@ -207,9 +215,35 @@ fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<Lea
     }
 }
 
+/// Whether the cached resource and Secret disagree on the lease (one of the caches lags behind
+/// our own last writes).
+fn lease_mismatch(dc: &DynamicCredential, secret: Option<&Secret>) -> bool {
+    let on_secret = secret.and_then(desired::lease_on_secret).map(|(id, ..)| id);
+    let in_status = dc.status.as_ref().and_then(|s| s.lease_id.clone());
+    on_secret.is_some() && on_secret != in_status
+}
+
 async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = sync(dc, ctx).await;
+    let namespace = dc.namespace().unwrap_or_default();
+    let dest = &dc.spec.destination.name;
+    let mut secret = ctx
+        .secrets
+        .get(&ObjectRef::new(dest).within(&namespace))
+        .map(|s| (*s).clone());
+    // Right after our own writes the caches may lag (the Secret is written before the status);
+    // read both from the API server rather than mistake that for a lost Secret.
+    let fresh;
+    let dc = if lease_mismatch(dc, secret.as_ref()) {
+        let api: Api<DynamicCredential> = Api::namespaced(ctx.client.clone(), &namespace);
+        fresh = api.get(&dc.name_any()).await.map_err(Error::Read)?;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secret = secrets.get_opt(dest).await.map_err(Error::Read)?;
+        &fresh
+    } else {
+        dc
+    };
+    let result = sync(dc, secret.as_ref(), ctx).await;
     let status = dc.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     match result {
@@ -265,6 +299,7 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
 /// Brings the lease and the Secret in line; returns the new status and when to look again.
 async fn sync(
     dc: &DynamicCredential,
+    secret: Option<&Secret>,
     ctx: &Context,
 ) -> Result<(DynamicCredentialStatus, Timestamp), Error> {
     let plan = desired::plan(dc, |name| {
@@ -280,20 +315,30 @@ async fn sync(
     let client = &connection.client;
     let namespace = dc.namespace().unwrap_or_default();
     let dest = &dc.spec.destination.name;
-    let secret = ctx.secrets.get(&ObjectRef::new(dest).within(&namespace));
-    if let Some(s) = secret.as_deref()
+    if let Some(s) = secret
         && !desired::owned_by(s, dc)
     {
         return Err(Error::SecretConflict { name: dest.clone() });
     }
     let mut status = dc.status.clone().unwrap_or_default();
-    let lease = recorded_lease(dc, secret.as_deref());
-    let secret_holds_lease = match (&lease, secret.as_deref().and_then(desired::lease_on_secret)) {
+    let now = Timestamp::now();
+    let lease = recorded_lease(dc, secret);
+    // A status lease the Secret no longer carries (our status write was lost) is retired.
+    if let (Some(l), Some(old)) = (&lease, status.lease_id.clone())
+        && l.id != old
+        && !status.retiring_leases.iter().any(|r| r.lease_id == old)
+    {
+        status.retiring_leases.push(RetiringLease {
+            lease_id: old,
+            expiry_time: status.expiry_time.clone(),
+            revoke_after: Some(Time(now + signed(plan.grace))),
+        });
+    }
+    let secret_holds_lease = match (&lease, secret.and_then(desired::lease_on_secret)) {
         (Some(l), Some((id, ..))) => l.id == id,
         _ => false,
     };
     let spec_changed = secret
-        .as_deref()
         .and_then(|s| s.annotations().get(desired::SPEC_DIGEST_ANNOTATION))
         .is_some_and(|d| *d != plan.spec_digest);
 
@@ -303,7 +348,6 @@ async fn sync(
         rotate_at_percent: dc.spec.rotate_at_percent,
         jitter: schedule::jitter_of(&dc.uid().unwrap_or_default()),
     };
-    let now = Timestamp::now();
     let view = TokenView {
         accessor: token.accessor.clone(),
     };
@@ -316,6 +360,7 @@ async fn sync(
         now,
     );
     let mut renewal_note = None;
+    let mut current = lease.clone();
     if step == Step::Renew {
         let lease = lease.clone().expect("renew needs a lease");
         match renew(client, &token, &lease, now).await? {
@@ -337,6 +382,7 @@ async fn sync(
                     )
                 });
                 write_lease_status(&mut status, &renewed);
+                current = Some(renewed.clone());
                 step = schedule::next_step(Some(&renewed), true, false, &view, timing, now);
             }
             None => step = Step::Issue(IssueReason::LeaseLost),
@@ -360,6 +406,7 @@ async fn sync(
             status.last_rotation_time = Some(Time(now));
         }
         write_lease_status(&mut status, &issued.record);
+        current = Some(issued.record.clone());
         status.data_hmac = Some(issued.hmac.clone());
         renewal_note = Some((
             true,
@@ -385,8 +432,11 @@ async fn sync(
     }
 
     let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, now).await;
-    let lease = recorded_lease_from_status(&status, &view.accessor);
-    let next_lease = lease
+    if let Some(l) = &current {
+        // A lease read back from the Secret alone: put its facts in the status.
+        write_lease_status(&mut status, l);
+    }
+    let next_lease = current
         .as_ref()
         .map(
             |l| match schedule::next_step(Some(l), true, false, &view, timing, now) {
@@ -466,22 +516,6 @@ async fn sync(
         &t,
     );
     Ok((status, next))
-}
-
-/// The lease now in the status, as held by `token_accessor` (the token check already ran).
-fn recorded_lease_from_status(
-    status: &DynamicCredentialStatus,
-    token_accessor: &str,
-) -> Option<LeaseRecord> {
-    let issued = status.issue_time.as_ref()?.0;
-    Some(LeaseRecord {
-        id: status.lease_id.clone()?,
-        issued,
-        duration: Duration::from_secs(status.lease_duration_seconds.unwrap_or(0) as u64),
-        expires: status.expiry_time.as_ref().map(|t| t.0).unwrap_or(issued),
-        hard_end: status.max_expiry_time.as_ref().map(|t| t.0),
-        token_accessor: token_accessor.to_owned(),
-    })
 }
 
 fn write_lease_status(status: &mut DynamicCredentialStatus, lease: &LeaseRecord) {
