@@ -113,6 +113,111 @@ PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" 
 kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json | grep -q '"token": "hvs\.\|"token": "s\.' \
   && bad "stored lease token is not encrypted" || ok "stored lease token is encrypted"
 
+# 3b. The managed Secret deleted by hand: the credential cannot be read again, so a new one is
+#     issued and the orphaned lease revoked.
+old_user=$(secret_key app-db username); old_lease=$(status_of app leaseId)
+kubectl -n $NS delete secret app-db >/dev/null
+if eventually 30 bash -c "kubectl -n $NS get secret app-db >/dev/null 2>&1 && [ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.leaseId}')\" != \"$old_lease\" ]"; then
+  new_user=$(secret_key app-db username)
+  PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$new_user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
+    && ok "deleted Secret re-created with a new working credential ($new_user)" || bad "re-created credential does not log in"
+  eventually 30 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname='$old_user'\")\" = 0 ]" \
+    && ok "orphaned credential $old_user revoked" || bad "orphaned role $old_user still present"
+else
+  bad "deleted Secret not re-created ($(status_of app conditions))"
+fi
+
+# 3c. A lease revoked outside vaultkeeper is detected and replaced once.
+old_lease=$(status_of app leaseId); old_user=$(secret_key app-db username)
+bao lease revoke "$old_lease" >/dev/null
+if eventually 45 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.leaseId}')\" != \"$old_lease\" ]"; then
+  sleep 20
+  [ "$(app_roles | wc -w)" = 1 ] && ok "revoked lease replaced once ($(app_roles))" || bad "roles after out-of-band revoke: $(app_roles)"
+  PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$(secret_key app-db username)" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
+    && ok "replacement credential logs in" || bad "replacement credential does not log in"
+else
+  bad "out-of-band revocation not detected ($(status_of app conditions))"
+fi
+
+# 3f. OpenBao down: the Secret is left exactly as it is, the CR says so, and it recovers by itself.
+before=$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}/{.data}')
+python3 e2e/stack/stack.py bao-stop --state-dir "$VK_STACK_DIR" >/dev/null
+if eventually 40 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}')\" = VaultUnavailable ]"; then
+  msg=$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')
+  grep -qF "keeps the current credential" <<<"$msg" && ok "OpenBao down: CR reports it ($msg)" || bad "outage message: $msg"
+else
+  bad "outage not reported ($(status_of app conditions))"
+fi
+[ "$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}/{.data}')" = "$before" ] && ok "OpenBao down: Secret untouched" || bad "Secret changed during the outage"
+python3 e2e/stack/stack.py bao-start --state-dir "$VK_STACK_DIR" >/dev/null
+eventually 90 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" \
+  && ok "OpenBao back: Ready again without a manual step" || bad "not recovered ($(status_of app conditions))"
+
+# 3d. The issuing token's own TTL (30s, not periodic) passes several times, with a SIGKILL and
+#     restart of the operator in between: the token is renewed, stored and reused, so the lease
+#     (and the PostgreSQL role) outlives it.
+bao write auth/kubernetes/role/db-ttl bound_service_account_names=web bound_service_account_namespaces=$NS \
+  policies=db token_ttl=30s >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: DynamicCredential
+metadata: {name: tok, namespace: $NS}
+spec:
+  auth: {role: db-ttl, serviceAccountName: web}
+  source: {mount: database, role: app}
+  destination: {name: tok-db}
+EOF
+eventually 30 kubectl -n $NS get secret tok-db || bad "Secret tok-db never appeared"
+tok_user=$(secret_key tok-db username); tok_lease=$(status_of tok leaseId)
+sleep 20
+kill -9 "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
+start_operator
+sleep 55
+[ "$(status_of tok leaseId)" = "$tok_lease" ] && ok "75s past a 30s issuing token, across a SIGKILL restart: same lease" || bad "lease replaced ($(status_of tok conditions))"
+[ "$(psql_admin "select count(*) from pg_roles where rolname='$tok_user'")" = 1 ] && ok "its role $tok_user still exists" || bad "role $tok_user gone with its token"
+PGPASSWORD=$(secret_key tok-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$tok_user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
+  && ok "credential of the 30s token still logs in" || bad "credential died with its token"
+kubectl -n $NS delete dcred tok --wait=true --timeout=30s >/dev/null
+
+# 3e. The auth role's token_max_ttl (40s) ends before the lease could: the credential is rotated
+#     ahead of the token's end, with one rollout and a working credential at every moment.
+bao write auth/kubernetes/role/db-max bound_service_account_names=web bound_service_account_namespaces=$NS \
+  policies=db token_ttl=10s token_max_ttl=40s >/dev/null
+kubectl -n $NS create deployment api2 --image=example.invalid/api --replicas=1 >/dev/null
+eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy api2 -o jsonpath='{.status.availableReplicas}')\" = 1 ]" || bad "api2 never available"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: DynamicCredential
+metadata: {name: maxtok, namespace: $NS}
+spec:
+  auth: {role: db-max, serviceAccountName: web}
+  source: {mount: database, role: app}
+  rotationGracePeriod: 2s
+  destination: {name: maxtok-db}
+  restartTargets: [{kind: Deployment, name: api2}]
+EOF
+eventually 30 kubectl -n $NS get secret maxtok-db || bad "Secret maxtok-db never appeared"
+first_user=$(secret_key maxtok-db username); first_lease=$(status_of maxtok leaseId)
+logins_failed=0; rotated=""
+for i in $(seq 1 55); do
+  u=$(secret_key maxtok-db username); p=$(secret_key maxtok-db password)
+  PGPASSWORD=$p psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$u" -d postgres -tAc 'select 1' >/dev/null 2>&1 || logins_failed=$((logins_failed + 1))
+  [ "$(status_of maxtok leaseId)" != "$first_lease" ] && [ -z "$rotated" ] && rotated=$i
+  [ -n "$rotated" ] && [ $i -gt $((rotated + 8)) ] && break
+  sleep 1
+done
+kubectl -n $NS delete dcred maxtok --wait=true --timeout=30s >/dev/null
+if [ -n "$rotated" ]; then
+  ok "rotated ${rotated}s after issue, before the 40s token ended"
+  kubectl -n $NS get events --field-selector reason=Issued -o jsonpath='{.items[*].note}' | grep -q 'ends before the lease would' \
+    && ok "the Event says why (issuing token ends first)" || bad "no Event naming the token's end"
+  [ "$logins_failed" = 0 ] && ok "the Secret's credential logged in at every check across the rotation" || bad "$logins_failed failed logins across the rotation"
+  [ "$(kubectl -n $NS get rs -l app=api2 -o name | wc -l)" = 2 ] && ok "one rollout of api2" || bad "api2 ReplicaSets: $(kubectl -n $NS get rs -l app=api2 -o name | wc -l)"
+  [ "$(psql_admin "select count(*) from pg_roles where rolname='$first_user'")" = 0 ] && ok "first credential gone after the switch" || bad "first role $first_user still there"
+else
+  bad "no rotation before the token's max TTL ($(status_of maxtok conditions))"
+fi
+
 # 4. Rotation at max TTL with a restart target: new role, one new ReplicaSet, old role revoked only
 #    after the rollout finished.
 kubectl -n $NS create deployment api --image=example.invalid/api --replicas=2 >/dev/null

@@ -162,6 +162,39 @@ outage bao-seal bao-unseal "OpenBao sealed"
 bao kv put secret/app1/config username=app3 password="$CANARY" >/dev/null
 eventually 30 bash -c '[ "$(kubectl -n app1 get secret app-config -o jsonpath={.data.username} | base64 -d)" = app3 ]' && ok "KV updates flow again after the outages" || bad "no sync after the outages"
 
+# Restart targets: one KV change restarts the Deployment once; ten quick changes inside the
+# debounce window restart it once; the same data never restarts it again.
+rs_count() { kubectl -n app1 get rs -l app=api -o name | wc -l; }
+kubectl -n app1 create deployment api --image=example.invalid/api --replicas=1 >/dev/null
+eventually 30 bash -c '[ "$(kubectl -n app1 get deploy api -o jsonpath={.status.availableReplicas})" = 1 ]' || bad "Deployment api never available"
+bao kv put secret/app1/restart v=0 >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: restarter, namespace: app1}
+spec:
+  auth: {role: app1, serviceAccountName: web}
+  source: {engine: kv-v2, mount: secret, path: app1/restart}
+  refreshInterval: 10s
+  destination: {name: restarter}
+  restartTargets: [{kind: Deployment, name: api}]
+EOF
+eventually 20 kubectl -n app1 get secret restarter || bad "Secret restarter never appeared"
+sleep 5
+[ "$(rs_count)" = 1 ] && ok "first sync restarts nothing" || bad "first sync restarted ($(rs_count) ReplicaSets)"
+bao kv put secret/app1/restart v=1 >/dev/null
+eventually 45 bash -c '[ "$(kubectl -n app1 get rs -l app=api -o name | wc -l)" = 2 ]' && ok "one KV change: one new ReplicaSet" || bad "KV change: $(rs_count) ReplicaSets"
+eventually 20 bash -c '[ "$(kubectl -n app1 get deploy api -o jsonpath={.status.updatedReplicas}/{.status.availableReplicas})" = 1/1 ]' || true
+sleep 25 # two more refreshes with the same data
+[ "$(rs_count)" = 2 ] && ok "same data: no second restart" || bad "same data restarted again ($(rs_count) ReplicaSets)"
+for i in 2 3 4 5 6 7 8 9 10 11; do bao kv put secret/app1/restart v=$i >/dev/null; sleep 0.2; done
+eventually 60 bash -c '[ "$(kubectl -n app1 get rs -l app=api -o name | wc -l)" = 3 ]' || true
+sleep 25
+[ "$(rs_count)" = 3 ] && ok "ten quick KV changes: one new ReplicaSet" || bad "ten quick changes: $(rs_count) ReplicaSets (want 3)"
+[ "$(kubectl -n app1 get secret restarter -o jsonpath={.data.v} | base64 -d)" = 11 ] && ok "Secret holds the last of the quick changes" || bad "Secret v=$(kubectl -n app1 get secret restarter -o jsonpath={.data.v} | base64 -d)"
+kubectl get events -n app1 --field-selector reason=Restarted -o name | grep -q . && ok "restart Events emitted" || bad "no Restarted Event"
+[ "$(metric 'vaultkeeper_restarts_total{kind="VaultSecret"}')" = 2 ] && ok "restart metric counts 2" || bad "restart metric: $(metric 'vaultkeeper_restarts_total')"
+
 # The canary never leaks.
 grep -qF "$CANARY" "$OP_LOG" && bad "canary in operator log" || ok "canary not in operator log"
 kubectl get events -A -o json | grep -qF "$CANARY" && bad "canary in Events" || ok "canary not in Events"

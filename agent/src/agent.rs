@@ -226,7 +226,12 @@ impl Agent {
                         // Maybe the token itself is gone: check it at the next pass.
                         self.token_next = now;
                     }
-                    errors.push(format!("failed to read {}: {e}", key.describe()));
+                    let verb = if source.answer.is_some() {
+                        "refresh"
+                    } else {
+                        "read"
+                    };
+                    errors.push(format!("failed to {verb} {}: {e}", key.describe()));
                 }
             }
         }
@@ -598,11 +603,15 @@ async fn refresh(
             now + (Duration::from_secs(*duration) * 2 / 3).max(Duration::from_secs(1))
         }
         Kind::Kv2 { version, .. } => {
-            info!("read {} (KV v2, version {version})", key.describe());
+            if changed {
+                info!("read {} (KV v2, version {version})", key.describe());
+            }
             now + poll
         }
         _ => {
-            info!("read {}", key.describe());
+            if changed {
+                info!("read {}", key.describe());
+            }
             now + poll
         }
     });

@@ -43,6 +43,20 @@ pub fn set(
     out
 }
 
+/// A JSON merge patch that turns status `current` into `new`. Optional fields are skipped when
+/// empty, and a merge patch leaves absent fields alone, so fields `new` drops are sent as `null`.
+pub fn status_patch<T: serde::Serialize>(current: &T, new: &T) -> serde_json::Value {
+    let mut patch = serde_json::to_value(new).unwrap_or_default();
+    if let (Some(patch), Ok(serde_json::Value::Object(old))) =
+        (patch.as_object_mut(), serde_json::to_value(current))
+    {
+        for key in old.keys() {
+            patch.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": patch })
+}
+
 /// The condition of `type_`, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -64,6 +78,34 @@ mod tests {
             reason,
             message: "m".into(),
         }
+    }
+
+    #[test]
+    fn dropped_status_fields_are_sent_as_null() {
+        #[derive(serde::Serialize)]
+        struct S {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            a: Option<i32>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            b: Vec<i32>,
+            c: i32,
+        }
+        let patch = status_patch(
+            &S {
+                a: Some(1),
+                b: vec![1],
+                c: 1,
+            },
+            &S {
+                a: None,
+                b: vec![],
+                c: 2,
+            },
+        );
+        assert_eq!(
+            patch,
+            serde_json::json!({"status": {"a": null, "b": null, "c": 2}})
+        );
     }
 
     #[test]

@@ -66,6 +66,15 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_LOG", default_value = "info")]
     pub log: String,
 
+    /// Data changes within this window after the first one cause a single restart of a resource's
+    /// restartTargets.
+    #[arg(long, env = "VAULTKEEPER_RESTART_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
+    pub restart_debounce: Duration,
+
+    /// Workload restarts allowed per namespace per minute (a token bucket of that size).
+    #[arg(long, env = "VAULTKEEPER_RESTARTS_PER_MINUTE", default_value_t = 10)]
+    pub restarts_per_minute: u32,
+
     /// Elect one active replica through the coordination Lease `vaultkeeper-operator` in the
     /// operator's namespace; the others wait warm and take over when it is gone.
     #[arg(long, env = "VAULTKEEPER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]

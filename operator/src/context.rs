@@ -13,14 +13,17 @@ use tokio::sync::Semaphore;
 use crate::identity::Identities;
 use crate::lease_tokens::LeaseTokens;
 use crate::metrics::Metrics;
+use crate::restart::Orchestrator;
 
 pub struct Context {
     pub client: kube::Client,
     pub identities: Identities,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Managed Secrets only (label selector), without managedFields.
+    /// Secrets of VaultSecrets only (label selector), without managedFields.
     pub secrets: Store<Secret>,
+    /// Secrets of DynamicCredentials only.
+    pub dc_secrets: Store<Secret>,
     /// Key of the data HMACs.
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
@@ -29,6 +32,8 @@ pub struct Context {
     pub lease_tokens: LeaseTokens,
     /// A lease token is replaced this long before its hard end (its leases are rotated first).
     pub token_replace_before: Duration,
+    /// Debounce and rate limits of workload restarts.
+    pub restarts: Orchestrator,
     /// Consecutive failures per object (by UID), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -42,9 +47,11 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         secrets: Store<Secret>,
+        dc_secrets: Store<Secret>,
         hmac_key: Vec<u8>,
         refresh_concurrency: usize,
         lease_tokens: LeaseTokens,
+        restarts: Orchestrator,
     ) -> Self {
         Self {
             client,
@@ -52,9 +59,11 @@ impl Context {
             recorder,
             metrics,
             secrets,
+            dc_secrets,
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
             lease_tokens,
+            restarts,
             token_replace_before: Duration::from_secs(120),
             failures: Mutex::new(HashMap::new()),
         }

@@ -8,6 +8,7 @@ mod http;
 mod identity;
 mod leader;
 mod lease_tokens;
+mod managed;
 mod metrics;
 mod operator_key;
 mod restart;
@@ -78,25 +79,23 @@ async fn main() -> anyhow::Result<()> {
         instance: args.identity.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    // One watch of managed Secrets feeds the cache and both controllers.
-    let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
-    let vs_secrets = secret_writer.subscribe().expect("shared store");
-    let dc_secrets = secret_writer.subscribe().expect("shared store");
+    // Each controller watches only the Secrets it manages (by label); the caches are filled by the
+    // controllers' own watches once this replica leads.
+    let (secrets, secret_writer) = kube::runtime::reflector::store();
+    let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store();
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
-    let secret_watch = tokio::spawn(vault_secret::watch_managed_secrets(
-        client.clone(),
-        secret_writer,
-    ));
     let ctx = Arc::new(Context::new(
         client,
         identities,
         recorder,
         metrics.clone(),
         secrets.clone(),
+        dc_secrets.clone(),
         hmac_key,
         args.refresh_concurrency,
         lease_tokens,
+        restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute),
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,13 +106,8 @@ async fn main() -> anyhow::Result<()> {
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
-    // The managed-Secret cache fills before leadership, so a standby takes over warm.
-    tokio::spawn(async move {
-        if secrets.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("caches filled");
-        }
-    });
+    // Ready: standing by, or leading with filled caches.
+    let ready_when_filled = ready.clone();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
@@ -122,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         false => None,
     };
     if let Some(mut leader) = leadership.take() {
+        ready.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = leader.acquired() => leadership = Some(leader),
             _ = &mut shutdown => {
@@ -134,12 +129,23 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    ready.store(false, Ordering::Relaxed);
     let controller = tokio::spawn(vault_secret::run(
         ctx.clone(),
-        vs_secrets,
+        secret_writer,
         stopped(stop_rx.clone()),
     ));
-    let dc_controller = tokio::spawn(dynamic_credential::run(ctx, dc_secrets, stopped(stop_rx)));
+    let dc_controller = tokio::spawn(dynamic_credential::run(
+        ctx,
+        dc_secret_writer,
+        stopped(stop_rx),
+    ));
+    tokio::spawn(async move {
+        if secrets.wait_until_ready().await.is_ok() && dc_secrets.wait_until_ready().await.is_ok() {
+            ready_when_filled.store(true, Ordering::Relaxed);
+            tracing::info!("caches filled");
+        }
+    });
     tracing::info!("controllers running");
 
     let lost = async {
@@ -160,7 +166,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     controller.await?;
     dc_controller.await?;
-    secret_watch.abort();
     if let Some(leader) = leadership {
         leader.release().await;
     }

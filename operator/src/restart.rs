@@ -1,10 +1,22 @@
 //! Restarting the workloads that consume a Secret: a hash of the data version stamped on the pod
-//! template (`vaultkeeper.dev/restarted-for`), so the same data never restarts a workload twice,
-//! and a check that a workload's rollout has finished.
+//! template (`vaultkeeper.dev/restarted-for`), so the same data never restarts a workload twice;
+//! changes inside a debounce window coalesce into one restart; a workload whose previous rollout is
+//! still running is not restarted again; restarts per namespace are rate-limited.
+//!
+//! The pending restart lives in the resource's status (`pendingRestart`), so an operator restart
+//! neither loses nor repeats it.
 
-use crds::v1alpha1::{RestartTarget, WorkloadKind};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crds::v1alpha1::{PendingRestart, RestartTarget, WorkloadKind, condition_types, reasons};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::{Value, json};
+
+use crate::conditions::Desired;
 
 /// Pod template annotation carrying the data version a workload was restarted for.
 pub const RESTARTED_FOR_ANNOTATION: &str = "vaultkeeper.dev/restarted-for";
@@ -18,6 +30,228 @@ pub enum Stamped {
     AlreadyCurrent,
     /// The workload does not exist.
     Missing,
+}
+
+/// Debounce and rate limits shared by the controllers.
+pub struct Orchestrator {
+    pub debounce: Duration,
+    per_minute: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Where a pending restart stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Every target carries the stamp (or does not exist).
+    Done {
+        restarted: Vec<String>,
+        missing: Vec<String>,
+    },
+    /// Look again at this time; the reason is for the condition.
+    Wait(Timestamp, String),
+}
+
+/// The stamp for data whose HMAC is `hmac`: short, stable, and reveals nothing.
+pub fn stamp_of(hmac: &str) -> String {
+    hmac.trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect()
+}
+
+/// A restart for new data: a pending one keeps its window (so a stream of changes still restarts
+/// once per window) and takes the newest stamp.
+pub fn schedule(
+    existing: Option<&PendingRestart>,
+    stamp: String,
+    now: Timestamp,
+    debounce: Duration,
+) -> PendingRestart {
+    PendingRestart {
+        stamp,
+        not_before: existing
+            .map(|p| p.not_before.clone())
+            .unwrap_or_else(|| Time(now + signed(debounce))),
+    }
+}
+
+impl Orchestrator {
+    pub fn new(debounce: Duration, per_minute: u32) -> Self {
+        Self {
+            debounce,
+            per_minute: f64::from(per_minute.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one restart from the namespace's budget, or says how long until one is free.
+    fn take(&self, namespace: &str) -> Option<Duration> {
+        let mut buckets = self.buckets.lock().expect("restart buckets lock");
+        let now = Instant::now();
+        let (tokens, last) = buckets
+            .entry(namespace.to_owned())
+            .or_insert((self.per_minute, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_minute / 60.0)
+            .min(self.per_minute);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64(
+                (1.0 - *tokens) * 60.0 / self.per_minute,
+            ))
+        }
+    }
+
+    /// Moves a pending restart along: waits for its window, for running rollouts and for the
+    /// namespace's budget, then stamps each target.
+    pub async fn drive(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        targets: &[RestartTarget],
+        pending: &PendingRestart,
+        now: Timestamp,
+    ) -> Result<Progress, kube::Error> {
+        if now < pending.not_before.0 {
+            return Ok(Progress::Wait(
+                pending.not_before.0,
+                "waiting for the debounce window to end".to_owned(),
+            ));
+        }
+        let mut restarted = Vec::new();
+        let mut missing = Vec::new();
+        for target in targets {
+            let what = format!("{:?} {}", target.kind, target.name);
+            let api = api(client, namespace, target.kind);
+            let Some(workload) = api.get_opt(&target.name).await? else {
+                missing.push(what);
+                continue;
+            };
+            if current_stamp(&workload.data) == Some(pending.stamp.as_str()) {
+                continue;
+            }
+            if !rollout_finished(
+                target.kind,
+                workload.metadata.generation.unwrap_or(0),
+                &workload.data,
+            ) {
+                return Ok(Progress::Wait(
+                    now + SignedDuration::from_secs(2),
+                    format!("{what} is still rolling out; it restarts once that finished"),
+                ));
+            }
+            if let Some(wait) = self.take(namespace) {
+                return Ok(Progress::Wait(
+                    now + signed(wait),
+                    format!("restart budget of namespace {namespace} used up; {what} waits"),
+                ));
+            }
+            if stamp(client, namespace, target, &pending.stamp).await? == Stamped::Restarted {
+                tracing::info!(namespace, target = %what, stamp = %pending.stamp, "restarted workload");
+                restarted.push(what);
+            }
+        }
+        Ok(Progress::Done { restarted, missing })
+    }
+}
+
+/// What advancing a resource's pending restart gave.
+#[derive(Debug)]
+pub struct Advanced {
+    /// The pending restart to keep in the status (`None` once done).
+    pub pending: Option<PendingRestart>,
+    /// The `Restarts` condition to set; `None` leaves it as it is.
+    pub condition: Option<Desired>,
+    /// When to look again.
+    pub wake: Option<Timestamp>,
+    /// Targets restarted now, for Events and metrics.
+    pub restarted: Vec<String>,
+}
+
+impl Orchestrator {
+    /// Advances `pending` for a resource with `targets`; errors reading or patching a workload
+    /// are returned for the caller's backoff.
+    pub async fn advance(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        targets: &[RestartTarget],
+        pending: Option<PendingRestart>,
+        now: Timestamp,
+    ) -> Result<Advanced, kube::Error> {
+        if targets.is_empty() {
+            return Ok(Advanced {
+                pending: None,
+                condition: None,
+                wake: None,
+                restarted: Vec::new(),
+            });
+        }
+        // Nothing pending: the last outcome stays in the condition as it is.
+        let Some(pending) = pending else {
+            return Ok(Advanced {
+                pending: None,
+                condition: None,
+                wake: None,
+                restarted: Vec::new(),
+            });
+        };
+        Ok(
+            match self
+                .drive(client, namespace, targets, &pending, now)
+                .await?
+            {
+                Progress::Done { restarted, missing } if missing.is_empty() => Advanced {
+                    pending: None,
+                    condition: Some(Desired {
+                        type_: condition_types::RESTARTS,
+                        status: true,
+                        reason: reasons::RESTARTED,
+                        message: format!("targets restarted for data {}", pending.stamp),
+                    }),
+                    wake: None,
+                    restarted,
+                },
+                Progress::Done { restarted, missing } => Advanced {
+                    pending: None,
+                    condition: Some(Desired {
+                        type_: condition_types::RESTARTS,
+                        status: false,
+                        reason: reasons::TARGET_MISSING,
+                        message: format!(
+                            "restart targets not found: {}; they are restarted on the next data change once they exist",
+                            missing.join(", ")
+                        ),
+                    }),
+                    wake: None,
+                    restarted,
+                },
+                Progress::Wait(at, why) => Advanced {
+                    pending: Some(pending),
+                    condition: Some(Desired {
+                        type_: condition_types::RESTARTS,
+                        status: true,
+                        reason: reasons::RESTART_PENDING,
+                        message: why,
+                    }),
+                    wake: Some(at),
+                    restarted: Vec::new(),
+                },
+            },
+        )
+    }
+}
+
+fn current_stamp(data: &Value) -> Option<&str> {
+    data.pointer("/spec/template/metadata/annotations")
+        .and_then(|a| a.get(RESTARTED_FOR_ANNOTATION))
+        .and_then(Value::as_str)
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
 fn api(client: &kube::Client, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
@@ -41,12 +275,7 @@ pub async fn stamp(
     let Some(workload) = api.get_opt(&target.name).await? else {
         return Ok(Stamped::Missing);
     };
-    let current = workload
-        .data
-        .pointer("/spec/template/metadata/annotations")
-        .and_then(|a| a.get(RESTARTED_FOR_ANNOTATION))
-        .and_then(Value::as_str);
-    if current == Some(stamp) {
+    if current_stamp(&workload.data) == Some(stamp) {
         return Ok(Stamped::AlreadyCurrent);
     }
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_FOR_ANNOTATION: stamp}}}}});
@@ -126,6 +355,28 @@ mod tests {
             !rollout_finished(WorkloadKind::Deployment, 4, &done),
             "new generation not observed"
         );
+    }
+
+    #[test]
+    fn changes_in_a_window_keep_the_window_and_take_the_newest_stamp() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let first = schedule(None, "a".into(), now, Duration::from_secs(10));
+        assert_eq!(first.not_before.0, now + SignedDuration::from_secs(10));
+        let later = now + SignedDuration::from_secs(4);
+        let second = schedule(Some(&first), "b".into(), later, Duration::from_secs(10));
+        assert_eq!(second.stamp, "b");
+        assert_eq!(second.not_before, first.not_before);
+        assert_eq!(stamp_of("sha256:0123456789abcdef0123"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn the_budget_refills_over_a_minute() {
+        let o = Orchestrator::new(Duration::from_secs(1), 2);
+        assert_eq!(o.take("a"), None);
+        assert_eq!(o.take("a"), None);
+        let wait = o.take("a").expect("budget used up");
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30));
+        assert_eq!(o.take("b"), None, "budgets are per namespace");
     }
 
     #[test]

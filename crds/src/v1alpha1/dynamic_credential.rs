@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::shared::{Destination, RestartTarget, VaultAuth};
+use super::shared::{Destination, PendingRestart, RestartTarget, VaultAuth};
 
 /// Keeps a leased Vault credential in a Kubernetes Secret. The operator issues the credential
 /// once, renews its lease at `renewAtPercent` of the TTL, and when renewal can no longer extend it
@@ -218,4 +218,8 @@ pub struct DynamicCredentialStatus {
     /// Previous leases waiting to be revoked after the rollout and grace period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retiring_leases: Vec<RetiringLease>,
+
+    /// A restart of `restartTargets` waiting for the end of its debounce window or for a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_restart: Option<PendingRestart>,
 }

@@ -8,5 +8,7 @@ pub use dynamic_credential::{
     DynamicCredential, DynamicCredentialSpec, DynamicCredentialStatus, LeaseMethod, LeaseSource,
     RetiringLease,
 };
-pub use shared::{Destination, RestartTarget, VaultAuth, WorkloadKind, condition_types, reasons};
+pub use shared::{
+    Destination, PendingRestart, RestartTarget, VaultAuth, WorkloadKind, condition_types, reasons,
+};
 pub use vault_secret::{KvEngine, KvSource, VaultSecret, VaultSecretSpec, VaultSecretStatus};

@@ -80,6 +80,8 @@ pub mod condition_types {
     pub const LEASE_RENEWAL: &str = "LeaseRenewal";
     /// DynamicCredential: a new credential replaces the current one.
     pub const ROTATING: &str = "Rotating";
+    /// Restart targets: restarted for the current data, waiting, or missing.
+    pub const RESTARTS: &str = "Restarts";
 }
 
 /// Reasons of the conditions, in CamelCase as Kubernetes expects. Stable: tools may match on them.
@@ -117,6 +119,10 @@ pub mod reasons {
     pub const WAITING_FOR_ROLLOUT: &str = "WaitingForRollout";
     /// DynamicCredential: no rotation is in progress.
     pub const IDLE: &str = "Idle";
+    /// Restart targets got the stamp of the current data.
+    pub const RESTARTED: &str = "Restarted";
+    /// A restart waits for its debounce window, a running rollout or the namespace's budget.
+    pub const RESTART_PENDING: &str = "RestartPending";
     /// A restart target does not exist.
     pub const TARGET_MISSING: &str = "RestartTargetMissing";
 }
@@ -135,6 +141,17 @@ pub struct RestartTarget {
     #[x_kube(validation = Rule::new(r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("restartTargets[].name must be a workload name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"))]
     #[schemars(length(max = 253))]
     pub name: String,
+}
+
+/// A restart of `restartTargets` that is due: the data changed, and the targets get `stamp` once
+/// the debounce window ends (further changes in the window only replace the stamp).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRestart {
+    /// The pod template annotation value the targets will get (a hash of the data, not the data).
+    pub stamp: String,
+    /// Not before this time (the end of the debounce window).
+    pub not_before: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// Kinds of workload that can be restarted.

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::shared::{Destination, VaultAuth};
+use super::shared::{Destination, PendingRestart, RestartTarget, VaultAuth};
 
 /// Keeps a Kubernetes Secret in sync with a KV secret of Vault. The operator logs in to Vault as a
 /// ServiceAccount of this resource's namespace, polls the KV secret every `refreshInterval`
@@ -68,6 +68,12 @@ pub struct VaultSecretSpec {
 
     /// The Secret to write.
     pub destination: Destination,
+
+    /// Workloads restarted (rolling) when the synced data changes. Changes within the operator's
+    /// debounce window cause one restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub restart_targets: Vec<RestartTarget>,
 }
 
 /// Default of `spec.refreshInterval`.
@@ -134,4 +140,8 @@ pub struct VaultSecretStatus {
     /// When the operator last changed the Secret's data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
+
+    /// A restart of `restartTargets` waiting for the end of its debounce window or for a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_restart: Option<PendingRestart>,
 }

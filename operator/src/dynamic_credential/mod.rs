@@ -23,17 +23,16 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use vault::{VaultClient, VaultError};
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
 use crate::identity::IdentityError;
 use crate::lease_tokens::{LeaseToken, LeaseTokenError};
-use crate::restart::{self, Stamped};
+use crate::restart;
 use crate::template;
 use crate::vault_secret::FIELD_MANAGER;
 use crate::vault_secret::desired::data_hmac;
@@ -115,10 +114,10 @@ impl Error {
     }
 }
 
-/// Starts the controller; `secrets` is a subscription to the shared managed-Secret reflector.
+/// Starts the controller; `secrets` fills the cache `ctx.dc_secrets` reads.
 pub async fn run(
     ctx: Arc<Context>,
-    secrets: ReflectHandle<Secret>,
+    secrets: reflector::store::Writer<Secret>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -136,8 +135,9 @@ pub async fn run(
         predicates::generation.combine(predicates::finalizers),
         Default::default(),
     );
+    let secrets = crate::managed::watch(ctx.client.clone(), desired::OWNER_LABEL, secrets);
     Controller::for_stream(resources, reader)
-        .owns_shared_stream(secrets)
+        .owns_stream(secrets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -158,7 +158,7 @@ fn error_policy(dc: Arc<DynamicCredential>, error: &Error, ctx: Arc<Context>) ->
 }
 
 async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _ = ctx.secrets.wait_until_ready().await;
+    let _ = ctx.dc_secrets.wait_until_ready().await;
     let api: Api<DynamicCredential> =
         Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
     finalizer::finalizer(&api, FINALIZER, dc, |event| async {
@@ -228,7 +228,7 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
     let namespace = dc.namespace().unwrap_or_default();
     let dest = &dc.spec.destination.name;
     let mut secret = ctx
-        .secrets
+        .dc_secrets
         .get(&ObjectRef::new(dest).within(&namespace))
         .map(|s| (*s).clone());
     // Right after our own writes the caches may lag (the Secret is written before the status);
@@ -426,9 +426,49 @@ async fn sync(
             ),
         )
         .await;
-        if old.is_some() || reason == IssueReason::SpecChanged {
-            restart_targets(dc, ctx, &namespace, &issued.hmac).await?;
+        if (old.is_some() || reason == IssueReason::SpecChanged)
+            && !dc.spec.restart_targets.is_empty()
+        {
+            // A rotation is one event and the old credential's time is limited: no debounce.
+            status.pending_restart = Some(restart::schedule(
+                status.pending_restart.as_ref(),
+                restart::stamp_of(&issued.hmac),
+                now,
+                Duration::ZERO,
+            ));
         }
+    }
+
+    let advanced = match ctx
+        .restarts
+        .advance(
+            &ctx.client,
+            &namespace,
+            &dc.spec.restart_targets,
+            status.pending_restart.clone(),
+            now,
+        )
+        .await
+    {
+        Ok(advanced) => advanced,
+        Err(source) => {
+            return Err(Error::Restart {
+                target: "restart targets".to_owned(),
+                source,
+            });
+        }
+    };
+    status.pending_restart = advanced.pending.clone();
+    for target in &advanced.restarted {
+        ctx.metrics.restart(KIND);
+        publish(
+            ctx,
+            dc,
+            EventType::Normal,
+            reasons::RESTARTED,
+            format!("Restarted {target} for the new credential"),
+        )
+        .await;
     }
 
     let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, now).await;
@@ -447,11 +487,16 @@ async fn sync(
         .unwrap_or(now + SignedDuration::from_secs(60));
     // The lease token needs renewing too; it is renewed on the next reconcile of any of its leases.
     let token_due = token.expires - signed(token.ttl / 2);
-    let next = [Some(next_lease), retiring_wait, Some(token_due.max(now))]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(next_lease);
+    let next = [
+        Some(next_lease),
+        retiring_wait,
+        advanced.wake,
+        Some(token_due.max(now)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(next_lease);
     status.next_renewal_time = Some(Time(next_lease));
     status.observed_generation = dc.metadata.generation;
 
@@ -490,6 +535,9 @@ async fn sync(
             dc.metadata.generation,
             &t,
         );
+    }
+    if let Some(c) = advanced.condition {
+        status.conditions = conditions::set(&status.conditions, c, dc.metadata.generation, &t);
     }
     let rotating = !status.retiring_leases.is_empty();
     status.conditions = conditions::set(
@@ -626,50 +674,6 @@ async fn issue(
     Ok(Issued { record, hmac })
 }
 
-/// Stamps every restart target with the new data version; missing targets are reported, not fatal.
-async fn restart_targets(
-    dc: &DynamicCredential,
-    ctx: &Context,
-    namespace: &str,
-    hmac: &str,
-) -> Result<(), Error> {
-    let stamp = hmac.trim_start_matches("sha256:")[..16].to_owned();
-    for target in &dc.spec.restart_targets {
-        let what = format!("{:?} {}", target.kind, target.name);
-        match restart::stamp(&ctx.client, namespace, target, &stamp).await {
-            Ok(Stamped::Restarted) => {
-                ctx.metrics.restart(KIND);
-                publish(
-                    ctx,
-                    dc,
-                    EventType::Normal,
-                    "Restarted",
-                    format!("Restarted {what} for the new credential"),
-                )
-                .await;
-            }
-            Ok(Stamped::AlreadyCurrent) => {}
-            Ok(Stamped::Missing) => {
-                publish(
-                    ctx,
-                    dc,
-                    EventType::Warning,
-                    reasons::TARGET_MISSING,
-                    format!("restart target {what} does not exist"),
-                )
-                .await;
-            }
-            Err(source) => {
-                return Err(Error::Restart {
-                    target: what,
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Moves retiring leases along: once every target rolled out, the grace period starts; after it,
 /// the lease is revoked. Returns when to look again, if anything is pending.
 async fn retire(
@@ -693,6 +697,10 @@ async fn retire(
             continue; // expired on its own
         }
         if retiring.revoke_after.is_none() {
+            // The restart has not even been stamped yet: the workloads still use this lease.
+            if status.pending_restart.is_some() {
+                rolled_out = Some(false);
+            }
             if rolled_out.is_none() {
                 let mut done = true;
                 for target in &dc.spec.restart_targets {
@@ -805,7 +813,7 @@ async fn patch_status(
     api.patch_status(
         &dc.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &Patch::Merge(conditions::status_patch(current, &new)),
     )
     .await
     .map_err(Error::PatchStatus)?;

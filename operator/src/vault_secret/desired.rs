@@ -241,6 +241,7 @@ mod tests {
                     annotations: BTreeMap::new(),
                     templates: BTreeMap::new(),
                 },
+                restart_targets: vec![],
             },
         );
         vs.metadata.namespace = Some("apps".into());

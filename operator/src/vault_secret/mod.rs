@@ -15,15 +15,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
 
 use crate::conditions::{self, Desired};
 use crate::context::{Context, jitter};
 use crate::identity::{IdentityError, IdentityKey};
+use crate::restart;
 use crate::template;
 use desired::Plan;
 
@@ -66,6 +66,8 @@ pub enum Error {
     ApplySecret { name: String, source: kube::Error },
     #[error("failed to patch status: {0}")]
     PatchStatus(kube::Error),
+    #[error("failed to read the VaultSecret: {0}")]
+    ReadResource(kube::Error),
 }
 
 impl Error {
@@ -86,9 +88,10 @@ impl Error {
             Self::Denied { .. } => reasons::PERMISSION_DENIED,
             Self::VersionGone { .. } => reasons::SOURCE_VERSION_DELETED,
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
-            Self::GetSecret { .. } | Self::ApplySecret { .. } | Self::PatchStatus(_) => {
-                reasons::KUBERNETES_ERROR
-            }
+            Self::GetSecret { .. }
+            | Self::ApplySecret { .. }
+            | Self::PatchStatus(_)
+            | Self::ReadResource(_) => reasons::KUBERNETES_ERROR,
         }
     }
 
@@ -104,27 +107,11 @@ impl Error {
     }
 }
 
-/// Watches the Secrets the operator manages (by label, without managedFields) into the shared
-/// cache that every controller reads and subscribes to.
-pub async fn watch_managed_secrets(client: kube::Client, writer: reflector::store::Writer<Secret>) {
-    let managed = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crds::MANAGED_BY_LABEL,
-        crds::MANAGED_BY_VALUE
-    ));
-    watcher(Api::<Secret>::all(client), managed)
-        .default_backoff()
-        .modify(|secret| secret.managed_fields_mut().clear())
-        .reflect_shared(writer)
-        .for_each(|_| async {})
-        .await;
-}
-
 /// Starts the controller; returns when `shutdown` fires and in-flight reconciles finished.
-/// `secrets` is a subscription to the shared managed-Secret cache.
+/// `secrets` fills the cache `ctx.secrets` reads.
 pub async fn run(
     ctx: Arc<Context>,
-    secrets: ReflectHandle<Secret>,
+    secrets: reflector::store::Writer<Secret>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -138,8 +125,9 @@ pub async fn run(
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
+    let secrets = crate::managed::watch(ctx.client.clone(), desired::OWNER_LABEL, secrets);
     Controller::for_stream(resources, reader)
-        .owns_shared_stream(secrets)
+        .owns_stream(secrets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -163,6 +151,20 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
     let started = Instant::now();
     // Drift checks read the Secret cache; it must be filled first, or every Secret looks missing.
     let _ = ctx.secrets.wait_until_ready().await;
+    // Our Secret write reaches the cache before our status patch does: a reconcile in between
+    // would take its own write for new data (and schedule a second restart). Read the resource
+    // again when its status does not describe the cached Secret.
+    let vs = if status_behind_secret(&vs, &ctx) {
+        let api: Api<VaultSecret> =
+            Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
+        match api.get_opt(&vs.name_any()).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => return Ok(Action::await_change()),
+            Err(err) => return Err(Error::ReadResource(err)),
+        }
+    } else {
+        vs
+    };
     let uid = vs.uid().unwrap_or_default();
     let status = vs.status.clone().unwrap_or_default();
     let plan = desired::plan(&vs, |name| {
@@ -195,13 +197,34 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     match outcome {
         Ok((plan, synced)) => {
+            // New data (not a first sync, not a restored hand edit) restarts the targets.
+            let data_changed = status
+                .data_hmac
+                .as_deref()
+                .is_some_and(|old| old != synced.hmac);
+            let pending = if data_changed && !vs.spec.restart_targets.is_empty() {
+                Some(restart::schedule(
+                    status.pending_restart.as_ref(),
+                    restart::stamp_of(&synced.hmac),
+                    now.0,
+                    ctx.restarts.debounce,
+                ))
+            } else {
+                status.pending_restart.clone()
+            };
+            let advanced = advance_restarts(&ctx, &vs, pending, now.0).await;
+            let mut conditions = conditions::set(
+                &status.conditions,
+                desired::synced_condition(&vs, &plan, synced.version),
+                vs.metadata.generation,
+                &now,
+            );
+            if let Some(c) = advanced.condition.clone() {
+                conditions = conditions::set(&conditions, c, vs.metadata.generation, &now);
+            }
             let new_status = VaultSecretStatus {
-                conditions: conditions::set(
-                    &status.conditions,
-                    desired::synced_condition(&vs, &plan, synced.version),
-                    vs.metadata.generation,
-                    &now,
-                ),
+                conditions,
+                pending_restart: advanced.pending.clone(),
                 observed_generation: vs.metadata.generation,
                 synced_version: synced.version,
                 data_hmac: Some(synced.hmac),
@@ -235,7 +258,27 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
                 },
                 started.elapsed(),
             );
-            Ok(Action::requeue(jitter(plan.refresh, 0.1)))
+            for target in &advanced.restarted {
+                ctx.metrics.restart(KIND);
+                publish(
+                    &ctx,
+                    &vs,
+                    EventType::Normal,
+                    reasons::RESTARTED,
+                    format!(
+                        "Restarted {target} for new data of Secret {:?}",
+                        vs.spec.destination.name
+                    ),
+                )
+                .await;
+            }
+            let refresh = jitter(plan.refresh, 0.1);
+            let wake = advanced.wake.map(|t| {
+                t.duration_since(now.0)
+                    .unsigned_abs()
+                    .max(std::time::Duration::from_millis(500))
+            });
+            Ok(Action::requeue(wake.map_or(refresh, |w| w.min(refresh))))
         }
         Err(err) => {
             let mut message = err.to_string();
@@ -496,6 +539,49 @@ fn read_error(plan: &Plan, err: Error) -> Error {
     }
 }
 
+/// Whether the cached Secret holds data the status does not record (for instance our own write
+/// whose status patch the cache has not seen yet).
+fn status_behind_secret(vs: &VaultSecret, ctx: &Context) -> bool {
+    let Some(recorded) = vs.status.as_ref().and_then(|s| s.data_hmac.as_deref()) else {
+        return false;
+    };
+    ctx.secrets
+        .get(&ObjectRef::new(&vs.spec.destination.name).within(&vs.namespace().unwrap_or_default()))
+        .is_some_and(|secret| desired::existing_hmac(&ctx.hmac_key, &secret) != recorded)
+}
+
+/// Advances the pending restart; a failure to reach a workload is retried, not fatal to the sync.
+async fn advance_restarts(
+    ctx: &Context,
+    vs: &VaultSecret,
+    pending: Option<crds::v1alpha1::PendingRestart>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> restart::Advanced {
+    let namespace = vs.namespace().unwrap_or_default();
+    match ctx
+        .restarts
+        .advance(
+            &ctx.client,
+            &namespace,
+            &vs.spec.restart_targets,
+            pending.clone(),
+            now,
+        )
+        .await
+    {
+        Ok(advanced) => advanced,
+        Err(err) => {
+            tracing::warn!(namespace, name = vs.name_any(), error = %err, "failed to restart targets; retrying");
+            restart::Advanced {
+                pending,
+                condition: None,
+                wake: Some(now + k8s_openapi::jiff::SignedDuration::from_secs(10)),
+                restarted: Vec::new(),
+            }
+        }
+    }
+}
+
 async fn patch_status(
     vs: &VaultSecret,
     ctx: &Context,
@@ -510,7 +596,7 @@ async fn patch_status(
     api.patch_status(
         &vs.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": new })),
+        &Patch::Merge(conditions::status_patch(current, &new)),
     )
     .await
     .map_err(Error::PatchStatus)?;
