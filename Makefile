@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds build up bench
+.PHONY: test crds build up bench bench-injection
 
 test:
 	./hack/test.sh
@@ -17,3 +17,8 @@ up:
 # Benchmarks against the real stack (prints figures): make bench ARGS="--n 1000"
 bench:
 	./hack/bench.sh $(ARGS)
+
+# Injection benchmark (webhook direct and through the API server; our agent vs `bao agent`):
+# make bench-injection ARGS="--rate 200 --duration 30"
+bench-injection:
+	./hack/bench-injection.sh $(ARGS)

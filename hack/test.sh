@@ -22,7 +22,7 @@ echo "== installing the local stack (cached; about 8 minutes cold)"
 bash e2e/stack/install.sh
 
 echo "== real-stack tests"
-cargo build -q -p vaultkeeper-operator -p vaultkeeper-agent
+cargo build -q -p vaultkeeper-operator -p vaultkeeper-agent -p vaultkeeper-webhook
 python3 e2e/stack/stack.py down --state-dir target/stack
 rm -rf target/stack
 python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/run.sh

@@ -79,10 +79,12 @@ async fn main() -> anyhow::Result<()> {
         instance: args.identity.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    // Each controller watches only the Secrets it manages (by label); the caches are filled by the
-    // controllers' own watches once this replica leads.
-    let (secrets, secret_writer) = kube::runtime::reflector::store();
-    let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store();
+    // Each controller has the Secrets it manages (by label) in its own cache. The caches are
+    // filled by their own tasks once this replica leads, and the controllers start after that.
+    let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
+    let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store_shared(1024);
+    let vs_changes = secret_writer.subscribe().expect("a shared store");
+    let dc_changes = dc_secret_writer.subscribe().expect("a shared store");
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
     let ctx = Arc::new(Context::new(
@@ -130,22 +132,41 @@ async fn main() -> anyhow::Result<()> {
     }
 
     ready.store(false, Ordering::Relaxed);
+    let watches = [
+        tokio::spawn(managed::reflect(
+            ctx.client.clone(),
+            vault_secret::desired::OWNER_LABEL,
+            secret_writer,
+        )),
+        tokio::spawn(managed::reflect(
+            ctx.client.clone(),
+            dynamic_credential::desired::OWNER_LABEL,
+            dc_secret_writer,
+        )),
+    ];
+    tokio::select! {
+        _ = async {
+            let _ = secrets.wait_until_ready().await;
+            let _ = dc_secrets.wait_until_ready().await;
+        } => tracing::info!("caches filled"),
+        _ = &mut shutdown => {
+            tracing::info!("shutting down");
+            watches.iter().for_each(|w| w.abort());
+            if let Some(leader) = leadership {
+                leader.release().await;
+            }
+            let _ = stop_tx.send(true);
+            http.await??;
+            return Ok(());
+        }
+    }
+    ready_when_filled.store(true, Ordering::Relaxed);
     let controller = tokio::spawn(vault_secret::run(
         ctx.clone(),
-        secret_writer,
+        vs_changes,
         stopped(stop_rx.clone()),
     ));
-    let dc_controller = tokio::spawn(dynamic_credential::run(
-        ctx,
-        dc_secret_writer,
-        stopped(stop_rx),
-    ));
-    tokio::spawn(async move {
-        if secrets.wait_until_ready().await.is_ok() && dc_secrets.wait_until_ready().await.is_ok() {
-            ready_when_filled.store(true, Ordering::Relaxed);
-            tracing::info!("caches filled");
-        }
-    });
+    let dc_controller = tokio::spawn(dynamic_credential::run(ctx, dc_changes, stopped(stop_rx)));
     tracing::info!("controllers running");
 
     let lost = async {
@@ -166,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     controller.await?;
     dc_controller.await?;
+    watches.iter().for_each(|w| w.abort());
     if let Some(leader) = leadership {
         leader.release().await;
     }

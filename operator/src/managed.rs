@@ -2,19 +2,17 @@
 //! controller's owner label), without managedFields, so the operator's memory follows the Secrets
 //! it writes and never the cluster's other Secrets.
 
-use futures::Stream;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::ResourceExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 
-/// Secrets carrying `owner_label` (any value) and the managed-by label, reflected into `writer`.
-pub fn watch(
-    client: kube::Client,
-    owner_label: &str,
-    writer: Writer<Secret>,
-) -> impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
+/// Keeps `writer`'s store filled with the Secrets carrying `owner_label` (any value) and the
+/// managed-by label, and tells its subscribers (the controller) about every change. Runs as its
+/// own task: controllers start once the store is filled, so no reconcile ever waits for it.
+pub async fn reflect(client: kube::Client, owner_label: &str, writer: Writer<Secret>) {
     let selector = format!(
         "{}={},{owner_label}",
         crds::MANAGED_BY_LABEL,
@@ -26,6 +24,11 @@ pub fn watch(
     )
     .default_backoff()
     .modify(|secret| secret.managed_fields_mut().clear())
-    .reflect(writer)
-    .touched_objects()
+    .reflect_shared(writer)
+    .for_each(|event| async move {
+        if let Err(err) = event {
+            tracing::warn!(error = %err, "watch of managed Secrets failed; retrying");
+        }
+    })
+    .await;
 }

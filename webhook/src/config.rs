@@ -57,28 +57,31 @@ pub struct Args {
     /// Inject native sidecars (restartable init containers, Kubernetes ≥ 1.29); false = classic.
     #[arg(long, env = "VAULTKEEPER_WEBHOOK_NATIVE_SIDECARS", default_value_t = true, action = clap::ArgAction::Set)]
     pub native_sidecars: bool,
-    /// Agent CPU request ("" for none).
+    /// Agent CPU request ("" for none). The default is sized from a measurement: an init render
+    /// took 34 ms of wall time, and a sidecar is idle between renders and renewals.
     #[arg(
         long,
         env = "VAULTKEEPER_WEBHOOK_AGENT_REQUESTS_CPU",
-        default_value = "10m"
+        default_value = "5m"
     )]
     pub agent_requests_cpu: String,
-    /// Agent memory request ("" for none).
+    /// Agent memory request ("" for none). The default is sized from a measurement: the agent
+    /// peaked at 5.8 MiB resident (VmHWM) as a sidecar.
     #[arg(
         long,
         env = "VAULTKEEPER_WEBHOOK_AGENT_REQUESTS_MEM",
-        default_value = "16Mi"
+        default_value = "8Mi"
     )]
     pub agent_requests_mem: String,
     /// Agent CPU limit ("" for none).
     #[arg(long, env = "VAULTKEEPER_WEBHOOK_AGENT_LIMITS_CPU", default_value = "")]
     pub agent_limits_cpu: String,
-    /// Agent memory limit ("" for none).
+    /// Agent memory limit ("" for none). The default leaves about 5x headroom over the measured
+    /// 5.8 MiB peak (VmHWM) for large secrets and templates.
     #[arg(
         long,
         env = "VAULTKEEPER_WEBHOOK_AGENT_LIMITS_MEM",
-        default_value = "64Mi"
+        default_value = "32Mi"
     )]
     pub agent_limits_mem: String,
     /// sizeLimit of the in-memory secrets volume.

@@ -23,7 +23,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 use vault::{VaultClient, VaultError};
@@ -114,10 +114,11 @@ impl Error {
     }
 }
 
-/// Starts the controller; `secrets` fills the cache `ctx.dc_secrets` reads.
+/// Starts the controller; `secrets` tells about changes of the Secrets in `ctx.dc_secrets`
+/// (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
-    secrets: reflector::store::Writer<Secret>,
+    secrets: ReflectHandle<Secret>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -135,9 +136,8 @@ pub async fn run(
         predicates::generation.combine(predicates::finalizers),
         Default::default(),
     );
-    let secrets = crate::managed::watch(ctx.client.clone(), desired::OWNER_LABEL, secrets);
     Controller::for_stream(resources, reader)
-        .owns_stream(secrets)
+        .owns_shared_stream(secrets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
@@ -108,10 +108,10 @@ impl Error {
 }
 
 /// Starts the controller; returns when `shutdown` fires and in-flight reconciles finished.
-/// `secrets` fills the cache `ctx.secrets` reads.
+/// `secrets` tells about changes of the Secrets in `ctx.secrets` (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
-    secrets: reflector::store::Writer<Secret>,
+    secrets: ReflectHandle<Secret>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -125,9 +125,8 @@ pub async fn run(
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
-    let secrets = crate::managed::watch(ctx.client.clone(), desired::OWNER_LABEL, secrets);
     Controller::for_stream(resources, reader)
-        .owns_stream(secrets)
+        .owns_shared_stream(secrets)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

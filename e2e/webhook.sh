@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Real-stack test of the injection webhook, run inside `stack.py run`: the real kube-apiserver calls
+# the webhook over TLS (MutatingWebhookConfiguration with url + caBundle) when Pods are created.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$VK_BIN:$PATH
+WORK=$VK_STACK_DIR/webhook-e2e
+rm -rf "$WORK"; mkdir -p "$WORK"
+LOG=$VK_STACK_DIR/logs/webhook.log
+pass=0; fail=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
+eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
+  local until=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port); METRICS=$(free_port)
+metric() { curl -s "127.0.0.1:$METRICS/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+
+# A serving certificate for 127.0.0.1 signed by a throwaway CA.
+(cd "$WORK" &&
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=webhook-ca 2>/dev/null &&
+  openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj /CN=vaultkeeper-webhook 2>/dev/null &&
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >san.ext &&
+  openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 1 -extfile san.ext 2>/dev/null)
+
+./target/debug/vaultkeeper-webhook --addr "127.0.0.1:$PORT" --cert-file "$WORK/tls.crt" --key-file "$WORK/tls.key" \
+  --metrics-addr "127.0.0.1:$METRICS" --agent-image registry.example/vaultkeeper-agent:test \
+  --vault-addr https://vault.example:8200 >"$LOG" 2>&1 &
+WH_PID=$!
+trap 'kill $WH_PID 2>/dev/null || true' EXIT
+eventually 20 curl -sf "127.0.0.1:$METRICS/healthz" || bad "webhook never served"
+
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: vaultkeeper-e2e}
+webhooks:
+- name: inject.vaultkeeper.dev
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  timeoutSeconds: 5
+  reinvocationPolicy: Never
+  clientConfig:
+    url: https://127.0.0.1:$PORT/mutate
+    caBundle: $(base64 -w0 "$WORK/ca.crt")
+  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
+  namespaceSelector:
+    matchExpressions:
+    - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, kube-public, kube-node-lease]}
+EOF
+sleep 2 # the API server picks up the configuration
+
+kubectl create namespace inj >/dev/null
+kubectl -n inj create serviceaccount web >/dev/null
+kubectl apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: annotated
+  namespace: inj
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: web
+    vault.hashicorp.com/agent-inject-secret-db: database/creds/web
+    vault.hashicorp.com/agent-inject-template-db: |
+      {{ with secret "database/creds/web" }}postgres://{{ .Data.username }}:{{ .Data.password }}@db/app{{ end }}
+    vault.hashicorp.com/agent-inject-secret-config.txt: secret/data/web
+    vault.hashicorp.com/agent-inject-perms-config.txt: "0440"
+    vault.hashicorp.com/agent-requests-mem: 8Mi
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: registry.example/app:1}]
+EOF
+pod() { kubectl -n inj get pod "$1" -o json; }
+p=$(pod annotated)
+jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$p"; }
+[ "$(jq_ "[c['name'] for c in d['spec'].get('initContainers', [])]")" = "['vaultkeeper-agent-init']" ] \
+  && ok "stored Pod has the agent as its init container" || bad "init containers: $(jq_ "d['spec'].get('initContainers')")"
+[ "$(jq_ "d['spec']['initContainers'][0].get('restartPolicy')")" = Always ] && ok "native sidecar (restartPolicy Always)" || bad "not a native sidecar"
+[ "$(jq_ "'startupProbe' in d['spec']['initContainers'][0]")" = True ] && ok "startup probe gates the app on the first render" || bad "no startup probe"
+[ "$(jq_ "[v for v in d['spec']['volumes'] if v['name']=='vaultkeeper-secrets'][0]['emptyDir']")" = "{'medium': 'Memory', 'sizeLimit': '16Mi'}" ] \
+  && ok "in-memory secrets volume with a size limit" || bad "volume: $(jq_ "d['spec']['volumes']")"
+[ "$(jq_ "[m['mountPath'] for m in d['spec']['containers'][0]['volumeMounts'] if m['name']=='vaultkeeper-secrets']")" = "['/vault/secrets']" ] \
+  && ok "app container mounts /vault/secrets" || bad "app mounts: $(jq_ "d['spec']['containers'][0].get('volumeMounts')")"
+[ "$(jq_ "d['spec']['initContainers'][0]['resources']['requests']['memory']")" = 8Mi ] && ok "agent-requests-mem honoured" || bad "resources: $(jq_ "d['spec']['initContainers'][0]['resources']")"
+sc=$(jq_ "sorted((k, str(v)) for k, v in d['spec']['initContainers'][0]['securityContext'].items() if k in ('runAsNonRoot','readOnlyRootFilesystem','allowPrivilegeEscalation'))")
+[ "$sc" = "[('allowPrivilegeEscalation', 'False'), ('readOnlyRootFilesystem', 'True'), ('runAsNonRoot', 'True')]" ] && ok "hardened agent security context" || bad "security context: $sc"
+cfg=$(jq_ "[e['value'] for e in d['spec']['initContainers'][0]['env'] if e['name']=='VAULTKEEPER_AGENT_CONFIG'][0]")
+python3 -c "import json,sys; c=json.loads(sys.argv[1]); s={x['name']: x for x in c['secrets']}; assert c['role']=='web' and s['config.txt']['perms']=='0440' and s['db']['path']=='database/creds/web'" "$cfg" \
+  && ok "agent config carries role, paths and perms" || bad "agent config: $cfg"
+[ "$(jq_ "d['metadata']['annotations'].get('vaultkeeper.dev/status')")" = injected ] && ok "marked injected" || bad "no status annotation"
+
+calls=$(metric 'vaultkeeper_webhook_admissions_total')
+kubectl -n inj run plain --image=registry.example/app:1 --restart=Never >/dev/null
+p=$(pod plain)
+[ "$(jq_ "len(d['spec'].get('initContainers', [])) + len(d['spec']['containers'])")" = 1 ] && ok "Pod without annotations untouched" || bad "plain Pod changed"
+[ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$((calls + 1))" ] && ok "webhook was called for it and skipped it" || bad "admission count $calls -> $(metric vaultkeeper_webhook_admissions_total)"
+
+calls=$(metric 'vaultkeeper_webhook_admissions_total')
+kubectl -n kube-system run sys --image=registry.example/app:1 --restart=Never >/dev/null
+sleep 1
+[ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$calls" ] && ok "kube-system Pod never sent to the webhook" || bad "webhook called for kube-system"
+
+out=$(kubectl -n inj apply -f - 2>&1 <<'EOF' || true
+apiVersion: v1
+kind: Pod
+metadata:
+  name: broken
+  namespace: inj
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/agent-inject-secret-db: database/creds/web
+    vault.hashicorp.com/agent-inject-perms-db: "0999"
+spec:
+  containers: [{name: app, image: registry.example/app:1}]
+EOF
+)
+grep -q 'denied the request' <<<"$out" && grep -qi 'role' <<<"$out" && grep -q '0999' <<<"$out" \
+  && ok "malformed annotations refused with a clear message" || bad "malformed pod: $out"
+
+kubectl delete mutatingwebhookconfiguration vaultkeeper-e2e >/dev/null
+if [ "$fail" -ne 0 ]; then tail -n 30 "$LOG"; fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
