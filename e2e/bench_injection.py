@@ -110,6 +110,28 @@ class CpuWindow:
         return ", ".join(parts)
 
 
+class PeerWatch:
+    """Distinct client connections to a local port, sampled with `ss` every 0.2 s: shows whether
+    the API server keeps its connections to the webhook or opens new ones (TLS handshakes)."""
+
+    def __init__(self, port: int):
+        self.port, self.peers, self.stop_flag = port, set(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_flag.is_set():
+            out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{self.port} )"],
+                                 capture_output=True, text=True).stdout
+            self.peers.update(line.split()[-1] for line in out.splitlines() if line.strip())
+            time.sleep(0.2)
+
+    def done(self) -> int:
+        self.stop_flag.set()
+        self.thread.join(2)
+        return len(self.peers)
+
+
 class Kube:
     """The stack's API server with the admin client certificate of its kubeconfig."""
 
@@ -513,8 +535,10 @@ def main() -> int:
             print(f"    ... and with the webhook: {args.rate:g}/s for {args.duration}s ...", flush=True)
             a0, h0 = api_hist(), wh_hist()
             cpu = CpuWindow({"kube-apiserver": apiserver, "etcd": etcd, "webhook": webhook.pid})
+            peers = PeerWatch(port)
             report["api_with"] = load(args, url, pod_body, work, "api-with", cert)
             report["api_with_cpu"] = cpu.done()
+            report["api_with_peers"] = peers.done()
             report["api_webhook"] = histogram_delta(api_hist(), a0)
             report["api_handler"] = histogram_delta(wh_hist(), h0)
             sh("kubectl", "delete", "mutatingwebhookconfiguration", "vaultkeeper-bench")
@@ -545,6 +569,7 @@ def print_report(args, report: dict) -> None:
         print(f"  client-side, with the webhook        {fmt_load(report['api_with'])}")
         print(f"  CPU, no webhook                      {report['api_without_cpu']}")
         print(f"  CPU, with the webhook                {report['api_with_cpu']}")
+        print(f"  API server -> webhook connections    {report['api_with_peers']} distinct, seen in 0.2 s samples")
         w, wo = report["api_with"]["latencyMs"], report["api_without"]["latencyMs"]
         if w and wo:
             print(f"  difference (with - without)          p50 {pct(w, 50) - pct(wo, 50):+7.3f} ms   p99 {pct(w, 99) - pct(wo, 99):+7.3f} ms")

@@ -200,7 +200,7 @@ eventually 30 kubectl -n $NS get secret maxtok-db || bad "Secret maxtok-db never
 first_user=$(secret_key maxtok-db username); first_lease=$(status_of maxtok leaseId)
 logins_failed=0; rotated=""
 for i in $(seq 1 55); do
-  u=$(secret_key maxtok-db username); p=$(secret_key maxtok-db password)
+  read -r u p < <(kubectl -n $NS get secret maxtok-db -o jsonpath='{.data.username} {.data.password}' | python3 -c 'import base64,sys; print(*(base64.b64decode(x).decode() for x in sys.stdin.read().split()))')
   PGPASSWORD=$p psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$u" -d postgres -tAc 'select 1' >/dev/null 2>&1 || logins_failed=$((logins_failed + 1))
   [ "$(status_of maxtok leaseId)" != "$first_lease" ] && [ -z "$rotated" ] && rotated=$i
   [ -n "$rotated" ] && [ $i -gt $((rotated + 8)) ] && break
@@ -209,7 +209,7 @@ done
 kubectl -n $NS delete dcred maxtok --wait=true --timeout=30s >/dev/null
 if [ -n "$rotated" ]; then
   ok "rotated ${rotated}s after issue, before the 40s token ended"
-  kubectl -n $NS get events --field-selector reason=Issued -o jsonpath='{.items[*].note}' | grep -q 'ends before the lease would' \
+  kubectl -n $NS get events --field-selector reason=Rotated,involvedObject.name=maxtok -o jsonpath='{.items[*].note}' | grep -q 'ends before the lease would' \
     && ok "the Event says why (issuing token ends first)" || bad "no Event naming the token's end"
   [ "$logins_failed" = 0 ] && ok "the Secret's credential logged in at every check across the rotation" || bad "$logins_failed failed logins across the rotation"
   [ "$(kubectl -n $NS get rs -l app=api2 -o name | wc -l)" = 2 ] && ok "one rollout of api2" || bad "api2 ReplicaSets: $(kubectl -n $NS get rs -l app=api2 -o name | wc -l)"
@@ -237,7 +237,7 @@ if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.s
   else
     bad "old role $short_user still present"
   fi
-  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked -o jsonpath='{.items[*].eventTime}' | awk '{print $1}')
+  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked,involvedObject.name=short -o jsonpath='{.items[*].eventTime}' | awk '{print $1}')
   ready_at=$(kubectl -n $NS get rs -l app=api --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.creationTimestamp}')
   [ -n "$revoked_at" ] && [[ "$revoked_at" > "$ready_at" ]] && ok "revocation ($revoked_at) after the new ReplicaSet ($ready_at)" || bad "revocation time $revoked_at vs ReplicaSet $ready_at"
 else

@@ -69,7 +69,7 @@ metadata:
       {{ with secret "database/creds/web" }}postgres://{{ .Data.username }}:{{ .Data.password }}@db/app{{ end }}
     vault.hashicorp.com/agent-inject-secret-config.txt: secret/data/web
     vault.hashicorp.com/agent-inject-perms-config.txt: "0440"
-    vault.hashicorp.com/agent-requests-mem: 8Mi
+    vault.hashicorp.com/agent-requests-mem: 12Mi
 spec:
   serviceAccountName: web
   containers: [{name: app, image: registry.example/app:1}]
@@ -85,7 +85,7 @@ jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$p";
   && ok "in-memory secrets volume with a size limit" || bad "volume: $(jq_ "d['spec']['volumes']")"
 [ "$(jq_ "[m['mountPath'] for m in d['spec']['containers'][0]['volumeMounts'] if m['name']=='vaultkeeper-secrets']")" = "['/vault/secrets']" ] \
   && ok "app container mounts /vault/secrets" || bad "app mounts: $(jq_ "d['spec']['containers'][0].get('volumeMounts')")"
-[ "$(jq_ "d['spec']['initContainers'][0]['resources']['requests']['memory']")" = 8Mi ] && ok "agent-requests-mem honoured" || bad "resources: $(jq_ "d['spec']['initContainers'][0]['resources']")"
+[ "$(jq_ "d['spec']['initContainers'][0]['resources']['requests']['memory']")" = 12Mi ] && ok "agent-requests-mem honoured" || bad "resources: $(jq_ "d['spec']['initContainers'][0]['resources']")"
 sc=$(jq_ "sorted((k, str(v)) for k, v in d['spec']['initContainers'][0]['securityContext'].items() if k in ('runAsNonRoot','readOnlyRootFilesystem','allowPrivilegeEscalation'))")
 [ "$sc" = "[('allowPrivilegeEscalation', 'False'), ('readOnlyRootFilesystem', 'True'), ('runAsNonRoot', 'True')]" ] && ok "hardened agent security context" || bad "security context: $sc"
 cfg=$(jq_ "[e['value'] for e in d['spec']['initContainers'][0]['env'] if e['name']=='VAULTKEEPER_AGENT_CONFIG'][0]")

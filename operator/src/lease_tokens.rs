@@ -41,6 +41,8 @@ pub struct LeaseToken {
     pub expires: Timestamp,
     /// When it ends for good (renewal was capped by its max TTL); `None` while renewal extends it.
     pub hard_end: Option<Timestamp>,
+    /// When it was issued (login), so its whole lifetime is known once its hard end is.
+    pub issued: Timestamp,
     /// The TTL it was issued with; each renewal asks for at least this much.
     pub ttl: Duration,
 }
@@ -50,6 +52,29 @@ impl LeaseToken {
     /// nothing.
     fn renew_due(&self, now: Timestamp) -> bool {
         self.hard_end.is_none() && now >= self.expires - signed(self.ttl / 2)
+    }
+
+    /// When the token next needs attention: its renewal, or its replacement before its hard end.
+    pub fn next_check(&self, lead: Duration) -> Timestamp {
+        match self.hard_end {
+            Some(end) => {
+                let life = end.duration_since(self.issued).unsigned_abs();
+                end - signed(lead.min(life / 3))
+            }
+            None => self.expires - signed(self.ttl / 2),
+        }
+    }
+
+    /// Whether to replace it now: within `lead` of its hard end, where `lead` is at most a third of
+    /// its whole life (so a short-lived token is not replaced the moment its end is known).
+    fn replace_due(&self, now: Timestamp, lead: Duration) -> bool {
+        match self.hard_end {
+            Some(end) => {
+                let life = end.duration_since(self.issued).unsigned_abs();
+                now + signed(lead.min(life / 3)) >= end
+            }
+            None => false,
+        }
     }
 }
 
@@ -131,12 +156,7 @@ impl LeaseTokens {
         }
         let mut changed = false;
         match held.clone() {
-            Some(token)
-                if token
-                    .hard_end
-                    .is_some_and(|end| now + signed(replace_before) >= end)
-                    || token.expires <= now =>
-            {
+            Some(token) if token.replace_due(now, replace_before) || token.expires <= now => {
                 *held = Some(self.login(key, client, identities).await?);
                 changed = true;
             }
@@ -200,6 +220,7 @@ impl LeaseTokens {
             accessor: info.accessor,
             expires: now + signed(info.ttl),
             hard_end: None,
+            issued: now,
             ttl: auth.ttl,
         })
     }
@@ -249,6 +270,10 @@ impl LeaseTokens {
                     accessor: info.accessor,
                     expires: now + signed(info.ttl),
                     hard_end,
+                    issued: annotations
+                        .get("vaultkeeper.dev/issued")
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(now),
                     ttl,
                 }))
             }
@@ -418,6 +443,7 @@ mod tests {
             accessor: "a".into(),
             expires: now + SignedDuration::from_secs(100),
             hard_end: None,
+            issued: now - SignedDuration::from_secs(20),
             ttl: Duration::from_secs(120),
         };
         assert!(!token.renew_due(now - SignedDuration::from_secs(1)));
@@ -427,5 +453,9 @@ mod tests {
             ..token
         };
         assert!(!capped.renew_due(now + SignedDuration::from_secs(99)));
+        // Life of 20s (issued 20s before its end): replaced in its last third, not at once.
+        let lead = Duration::from_secs(120);
+        assert!(!capped.replace_due(now - SignedDuration::from_secs(8), lead));
+        assert!(capped.replace_due(now - SignedDuration::from_secs(6), lead));
     }
 }

@@ -132,16 +132,20 @@ async fn main() -> anyhow::Result<()> {
     }
 
     ready.store(false, Ordering::Relaxed);
+    let (vs_deleted, vs_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dc_deleted, dc_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let watches = [
         tokio::spawn(managed::reflect(
             ctx.client.clone(),
             vault_secret::desired::OWNER_LABEL,
             secret_writer,
+            vs_deleted,
         )),
         tokio::spawn(managed::reflect(
             ctx.client.clone(),
             dynamic_credential::desired::OWNER_LABEL,
             dc_secret_writer,
+            dc_deleted,
         )),
     ];
     tokio::select! {
@@ -164,9 +168,15 @@ async fn main() -> anyhow::Result<()> {
     let controller = tokio::spawn(vault_secret::run(
         ctx.clone(),
         vs_changes,
+        vs_deleted_rx,
         stopped(stop_rx.clone()),
     ));
-    let dc_controller = tokio::spawn(dynamic_credential::run(ctx, dc_changes, stopped(stop_rx)));
+    let dc_controller = tokio::spawn(dynamic_credential::run(
+        ctx,
+        dc_changes,
+        dc_deleted_rx,
+        stopped(stop_rx),
+    ));
     tracing::info!("controllers running");
 
     let lost = async {

@@ -2,17 +2,26 @@
 //! controller's owner label), without managedFields, so the operator's memory follows the Secrets
 //! it writes and never the cluster's other Secrets.
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::ResourceExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 
+/// A deleted managed Secret, as (namespace, owner name from the owner label).
+pub type Deleted = tokio::sync::mpsc::UnboundedSender<(String, String)>;
+
 /// Keeps `writer`'s store filled with the Secrets carrying `owner_label` (any value) and the
 /// managed-by label, and tells its subscribers (the controller) about every change. Runs as its
 /// own task: controllers start once the store is filled, so no reconcile ever waits for it.
-pub async fn reflect(client: kube::Client, owner_label: &str, writer: Writer<Secret>) {
+/// Shared stores do not pass deletions to subscribers, so those go to `deleted`, naming the owner.
+pub async fn reflect(
+    client: kube::Client,
+    owner_label: &'static str,
+    writer: Writer<Secret>,
+    deleted: Deleted,
+) {
     let selector = format!(
         "{}={},{owner_label}",
         crds::MANAGED_BY_LABEL,
@@ -24,6 +33,13 @@ pub async fn reflect(client: kube::Client, owner_label: &str, writer: Writer<Sec
     )
     .default_backoff()
     .modify(|secret| secret.managed_fields_mut().clear())
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(secret) = event
+            && let Some(owner) = secret.labels().get(owner_label)
+        {
+            let _ = deleted.send((secret.namespace().unwrap_or_default(), owner.clone()));
+        }
+    })
     .reflect_shared(writer)
     .for_each(|event| async move {
         if let Err(err) = event {
@@ -31,4 +47,15 @@ pub async fn reflect(client: kube::Client, owner_label: &str, writer: Writer<Sec
         }
     })
     .await;
+}
+
+/// The owners of deleted Secrets, as a trigger stream for a controller of kind `K`.
+pub fn deleted_owners<K>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) -> impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + 'static,
+{
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|(namespace, name)| kube::runtime::reflector::ObjectRef::new(&name).within(&namespace))
 }

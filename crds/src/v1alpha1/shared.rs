@@ -106,6 +106,8 @@ pub mod reasons {
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     /// DynamicCredential: a lease was issued and its credential written.
     pub const ISSUED: &str = "Issued";
+    /// DynamicCredential: a new credential replaced the previous one.
+    pub const ROTATED: &str = "Rotated";
     /// DynamicCredential: the lease was renewed.
     pub const RENEWED: &str = "Renewed";
     /// DynamicCredential: renewal cannot extend the lease (max TTL reached); a new credential is due.

@@ -119,6 +119,7 @@ impl Error {
 pub async fn run(
     ctx: Arc<Context>,
     secrets: ReflectHandle<Secret>,
+    deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -138,6 +139,7 @@ pub async fn run(
     );
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
+        .reconcile_on(crate::managed::deleted_owners(deleted))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -413,11 +415,17 @@ async fn sync(
             reasons::ISSUED,
             format!("lease {} issued ({})", issued.record.id, reason.describe()),
         ));
+        // Events are aggregated by reason, so a rotation gets its own reason to keep its note.
+        let event_reason = if old.is_some() {
+            reasons::ROTATED
+        } else {
+            reasons::ISSUED
+        };
         publish(
             ctx,
             dc,
             EventType::Normal,
-            reasons::ISSUED,
+            event_reason,
             format!(
                 "Issued a new credential from {} into Secret {:?}: {}",
                 plan.path,
@@ -486,7 +494,7 @@ async fn sync(
         )
         .unwrap_or(now + SignedDuration::from_secs(60));
     // The lease token needs renewing too; it is renewed on the next reconcile of any of its leases.
-    let token_due = token.expires - signed(token.ttl / 2);
+    let token_due = token.next_check(ctx.token_replace_before);
     let next = [
         Some(next_lease),
         retiring_wait,

@@ -112,6 +112,7 @@ impl Error {
 pub async fn run(
     ctx: Arc<Context>,
     secrets: ReflectHandle<Secret>,
+    deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -127,6 +128,7 @@ pub async fn run(
     .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
+        .reconcile_on(crate::managed::deleted_owners(deleted))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
