@@ -209,7 +209,7 @@ done
 kubectl -n $NS delete dcred maxtok --wait=true --timeout=30s >/dev/null
 if [ -n "$rotated" ]; then
   ok "rotated ${rotated}s after issue, before the 40s token ended"
-  kubectl -n $NS get events --field-selector reason=Rotated,involvedObject.name=maxtok -o jsonpath='{.items[*].note}' | grep -q 'ends before the lease would' \
+  kubectl -n $NS get events --field-selector reason=Rotated,involvedObject.name=maxtok -o jsonpath='{.items[*].message}' | grep -q 'ends before the lease would' \
     && ok "the Event says why (issuing token ends first)" || bad "no Event naming the token's end"
   [ "$logins_failed" = 0 ] && ok "the Secret's credential logged in at every check across the rotation" || bad "$logins_failed failed logins across the rotation"
   [ "$(kubectl -n $NS get rs -l app=api2 -o name | wc -l)" = 2 ] && ok "one rollout of api2" || bad "api2 ReplicaSets: $(kubectl -n $NS get rs -l app=api2 -o name | wc -l)"

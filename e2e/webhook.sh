@@ -32,25 +32,15 @@ WH_PID=$!
 trap 'kill $WH_PID 2>/dev/null || true' EXIT
 eventually 20 curl -sf "127.0.0.1:$METRICS/healthz" || bad "webhook never served"
 
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata: {name: vaultkeeper-e2e}
-webhooks:
-- name: inject.vaultkeeper.dev
-  admissionReviewVersions: [v1]
-  sideEffects: None
-  failurePolicy: Fail
-  timeoutSeconds: 5
-  reinvocationPolicy: Never
-  clientConfig:
-    url: https://127.0.0.1:$PORT/mutate
-    caBundle: $(base64 -w0 "$WORK/ca.crt")
-  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
-  namespaceSelector:
-    matchExpressions:
-    - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, kube-public, kube-node-lease]}
-EOF
+# The shipped registration, pointed at this process (url instead of the in-cluster Service).
+python3 - "$PORT" "$(base64 -w0 "$WORK/ca.crt")" <<'PYEOF' | kubectl apply -f - >/dev/null
+import re, sys
+port, ca = sys.argv[1], sys.argv[2]
+text = open("manifests/webhook.yaml").read()
+text = text.replace("caBundle: \"\"", f"caBundle: {ca}")
+text = re.sub(r"service: \{[^}]*\}", f"url: https://127.0.0.1:{port}/mutate", text)
+print(text)
+PYEOF
 sleep 2 # the API server picks up the configuration
 
 kubectl create namespace inj >/dev/null
@@ -121,7 +111,7 @@ EOF
 grep -q 'denied the request' <<<"$out" && grep -qi 'role' <<<"$out" && grep -q '0999' <<<"$out" \
   && ok "malformed annotations refused with a clear message" || bad "malformed pod: $out"
 
-kubectl delete mutatingwebhookconfiguration vaultkeeper-e2e >/dev/null
+kubectl delete mutatingwebhookconfiguration vaultkeeper-injector >/dev/null
 if [ "$fail" -ne 0 ]; then tail -n 30 "$LOG"; fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
