@@ -15,14 +15,7 @@ NS=agent1
 WORK=$VK_STACK_DIR/agent-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 CANARY=canary-s3cr3t-$RANDOM$RANDOM
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
-eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
-  local until=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
-}
-psql_admin() { psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U postgres -d postgres -tAc "$1"; }
+. e2e/lib.sh
 valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
 url_user() { sed -E 's|^postgresql://([^:]+):.*|\1|' "$1"; }
 mode_of() { stat -c %a "$1"; }

@@ -6,15 +6,8 @@ cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
 NS=db1
 OP_LOG=$VK_STACK_DIR/logs/operator-dc.log
-METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
-eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
-  local until=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
-}
-psql_admin() { psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U postgres -d postgres -tAc "$1"; }
+. e2e/lib.sh
+METRICS_PORT=$(free_port)
 app_roles() { psql_admin "select rolname from pg_roles where rolname like 'v-%' order by 1" | tr '\n' ' '; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
@@ -250,7 +243,7 @@ kubectl -n $NS delete dcred short --wait=true --timeout=30s >/dev/null # stop it
 eventually 20 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = op-$OP_N ]" \
   || bad "op-$OP_N never became leader ($(holder))"
 leader=op-$OP_N; LEADER_PID=$OP_PID
-STANDBY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+STANDBY_PORT=$(free_port)
 start_operator "$STANDBY_PORT"; B_PID=$OP_PID; standby=op-$OP_N
 sleep 3
 [ "$(holder)" = "$leader" ] && ok "two replicas: $leader leads, $standby stands by" || bad "holder is $(holder), expected $leader"

@@ -6,15 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
 OP_LOG=$VK_STACK_DIR/logs/operator.log
-METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 CANARY=canary-s3cr3t-$RANDOM$RANDOM
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
-eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
-  local until=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
-}
+. e2e/lib.sh
+METRICS_PORT=$(free_port)
 metric() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
 secret_key() { kubectl -n app1 get secret app-config -o "jsonpath={.data.$1}" | base64 -d; }
 

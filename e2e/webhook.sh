@@ -7,14 +7,7 @@ export PATH=$VK_BIN:$PATH
 WORK=$VK_STACK_DIR/webhook-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 LOG=$VK_STACK_DIR/logs/webhook.log
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAILED: $*"; fail=$((fail + 1)); }
-eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
-  local until=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. e2e/lib.sh
 PORT=$(free_port); METRICS=$(free_port)
 metric() { curl -s "127.0.0.1:$METRICS/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
 

@@ -34,6 +34,37 @@ impl std::fmt::Display for IdentityKey {
     }
 }
 
+impl IdentityKey {
+    /// The identity a resource in `namespace` asks for: its connection (default when empty), its
+    /// ServiceAccount and role, and its auth mount (the connection's when unset). Fails when the
+    /// connection is not configured; `auth_mount_of` gives a configured connection's mount.
+    pub fn of_resource(
+        connection: Option<&str>,
+        auth: &crds::v1alpha1::VaultAuth,
+        namespace: String,
+        auth_mount_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let connection = connection
+            .filter(|c| !c.is_empty())
+            .unwrap_or(crate::config::DEFAULT_CONNECTION)
+            .to_owned();
+        let default_mount = auth_mount_of(&connection).ok_or_else(|| {
+            format!("connection {connection:?} is not configured in the operator")
+        })?;
+        Ok(Self {
+            connection,
+            namespace,
+            service_account: auth.service_account_name.clone(),
+            role: auth.role.clone(),
+            mount: auth
+                .mount
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or(default_mount),
+        })
+    }
+}
+
 /// Why no Vault token could be had for an identity.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

@@ -15,7 +15,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::schedule::LeaseRecord;
-use crate::config::DEFAULT_CONNECTION;
 use crate::identity::IdentityKey;
 use crate::template;
 
@@ -46,13 +45,12 @@ pub fn plan(
     auth_mount_of: impl Fn(&str) -> Option<String>,
 ) -> Result<Plan, String> {
     let spec = &dc.spec;
-    let connection = spec
-        .connection
-        .clone()
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned());
-    let default_mount = auth_mount_of(&connection)
-        .ok_or_else(|| format!("connection {connection:?} is not configured in the operator"))?;
+    let identity = IdentityKey::of_resource(
+        spec.connection.as_deref(),
+        &spec.auth,
+        dc.namespace().unwrap_or_default(),
+        auth_mount_of,
+    )?;
     let grace = crds::duration::parse(&spec.rotation_grace_period).ok_or_else(|| {
         format!(
             "rotationGracePeriod {:?} is not a duration such as 30s or 5m",
@@ -85,18 +83,6 @@ pub fn plan(
         )
     });
     template::check(&spec.destination.templates).map_err(|e| e.to_string())?;
-    let identity = IdentityKey {
-        connection,
-        namespace: dc.namespace().unwrap_or_default(),
-        service_account: spec.auth.service_account_name.clone(),
-        role: spec.auth.role.clone(),
-        mount: spec
-            .auth
-            .mount
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or(default_mount),
-    };
     let defining = serde_json::json!({
         "identity": [&identity.connection, &identity.service_account, &identity.role, &identity.mount],
         "path": path,

@@ -14,7 +14,6 @@ use kube::{Resource, ResourceExt};
 use sha2::Sha256;
 
 use crate::conditions::Desired;
-use crate::config::DEFAULT_CONNECTION;
 use crate::identity::IdentityKey;
 use crate::template;
 
@@ -41,13 +40,12 @@ pub fn plan(
     auth_mount_of: impl Fn(&str) -> Option<String>,
 ) -> Result<Plan, String> {
     let spec = &vs.spec;
-    let connection = spec
-        .connection
-        .clone()
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| DEFAULT_CONNECTION.to_owned());
-    let default_mount = auth_mount_of(&connection)
-        .ok_or_else(|| format!("connection {connection:?} is not configured in the operator"))?;
+    let identity = IdentityKey::of_resource(
+        spec.connection.as_deref(),
+        &spec.auth,
+        vs.namespace().unwrap_or_default(),
+        auth_mount_of,
+    )?;
     let refresh = crds::duration::parse(&spec.refresh_interval).ok_or_else(|| {
         format!(
             "refreshInterval {:?} is not a duration such as 30s, 5m or 1h",
@@ -67,18 +65,7 @@ pub fn plan(
     }
     template::check(&spec.destination.templates).map_err(|e| e.to_string())?;
     Ok(Plan {
-        identity: IdentityKey {
-            connection,
-            namespace: vs.namespace().unwrap_or_default(),
-            service_account: spec.auth.service_account_name.clone(),
-            role: spec.auth.role.clone(),
-            mount: spec
-                .auth
-                .mount
-                .clone()
-                .filter(|m| !m.is_empty())
-                .unwrap_or(default_mount),
-        },
+        identity,
         refresh,
         display_path: format!("{}/{}", spec.source.mount, spec.source.path),
     })
