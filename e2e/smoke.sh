@@ -171,13 +171,16 @@ spec:
   source: {engine: kv-v2, mount: secret, path: app1/restart}
   refreshInterval: 10s
   destination: {name: restarter}
-  restartTargets: [{kind: Deployment, name: api}]
+  restartTargets: [{kind: Deployment, name: api}, {kind: StatefulSet, name: ghost}]
 EOF
 eventually 20 kubectl -n app1 get secret restarter || bad "Secret restarter never appeared"
 sleep 5
 [ "$(rs_count)" = 1 ] && ok "first sync restarts nothing" || bad "first sync restarted ($(rs_count) ReplicaSets)"
 bao kv put secret/app1/restart v=1 >/dev/null
 eventually 45 bash -c '[ "$(kubectl -n app1 get rs -l app=api -o name | wc -l)" = 2 ]' && ok "one KV change: one new ReplicaSet" || bad "KV change: $(rs_count) ReplicaSets"
+restarts_cond() { kubectl -n app1 get vsec restarter -o jsonpath="{.status.conditions[?(@.type==\"Restarts\")].$1}"; }
+[ "$(restarts_cond reason)" = RestartTargetMissing ] && grep -qF "StatefulSet ghost" <<<"$(restarts_cond message)" \
+  && ok "missing target reported in the Restarts condition ($(restarts_cond message))" || bad "Restarts condition: $(restarts_cond reason) $(restarts_cond message)"
 eventually 20 bash -c '[ "$(kubectl -n app1 get deploy api -o jsonpath={.status.updatedReplicas}/{.status.availableReplicas})" = 1/1 ]' || true
 sleep 25 # two more refreshes with the same data
 [ "$(rs_count)" = 2 ] && ok "same data: no second restart" || bad "same data restarted again ($(rs_count) ReplicaSets)"

@@ -129,6 +129,8 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    // The cache keeps every resource; managedFields are often the largest part and never read.
+    .modify(|resource| resource.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     // Spec changes and finalizer changes (the finalizer helper waits for its own patch) trigger;
