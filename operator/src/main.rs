@@ -11,6 +11,7 @@ mod lease_tokens;
 mod managed;
 mod metrics;
 mod operator_key;
+mod report;
 mod restart;
 mod template;
 mod vault_secret;

@@ -1,4 +1,5 @@
-//! The watch of Secrets one controller manages: by label (the managed-by label and the
+//! The watches a controller runs on: its own resources (cached without managedFields) and the
+//! Secrets it manages: by label (the managed-by label and the
 //! controller's owner label), without managedFields, so the operator's memory follows the Secrets
 //! it writes and never the cluster's other Secrets.
 
@@ -58,4 +59,26 @@ where
 {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(|(namespace, name)| kube::runtime::reflector::ObjectRef::new(&name).within(&namespace))
+}
+
+/// The resources of one kind, cached in `writer` without managedFields (often the largest part of
+/// an object, never read), as a stream of applied objects for a controller.
+pub fn resources<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|resource| resource.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
 }

@@ -21,17 +21,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::{Predicate, WatchStreamExt, predicates};
+use kube::{Api, ResourceExt};
 use vault::{VaultClient, VaultError};
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
 use crate::identity::IdentityError;
 use crate::lease_tokens::{LeaseToken, LeaseTokenError};
+use crate::report;
 use crate::restart;
 use crate::template;
 use crate::vault_secret::FIELD_MANAGER;
@@ -94,14 +95,7 @@ impl Error {
     /// Condition reason, also the `result` label of the sync metric.
     pub fn reason(&self) -> &'static str {
         if let Some(e) = self.vault_error() {
-            return match e {
-                e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
-                VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
-                    reasons::PERMISSION_DENIED
-                }
-                VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
-                _ => reasons::VAULT_UNAVAILABLE,
-            };
+            return report::vault_reason(e);
         }
         match self {
             Self::InvalidSpec(_) | Self::Render(_) => reasons::INVALID_SPEC,
@@ -122,23 +116,15 @@ pub async fn run(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
     let (reader, writer) = reflector::store::<DynamicCredential>();
-    let resources = watcher(
-        Api::<DynamicCredential>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    // The cache keeps every resource; managedFields are often the largest part and never read.
-    .modify(|resource| resource.managed_fields_mut().clear())
-    .reflect(writer)
-    .applied_objects()
-    // Spec changes and finalizer changes (the finalizer helper waits for its own patch) trigger;
-    // status-only updates do not.
-    .predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
-        Default::default(),
-    );
+    let resources =
+        crate::managed::resources(Api::<DynamicCredential>::all(ctx.client.clone()), writer)
+            // Spec changes and finalizer changes (the finalizer helper waits for its own patch) trigger;
+            // status-only updates do not.
+            .predicate_filter(
+                predicates::generation.combine(predicates::finalizers),
+                Default::default(),
+            );
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
         .reconcile_on(crate::managed::deleted_owners(deleted))
@@ -162,7 +148,6 @@ fn error_policy(dc: Arc<DynamicCredential>, error: &Error, ctx: Arc<Context>) ->
 }
 
 async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _ = ctx.dc_secrets.wait_until_ready().await;
     let api: Api<DynamicCredential> =
         Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
     finalizer::finalizer(&api, FINALIZER, dc, |event| async {
@@ -815,20 +800,9 @@ async fn patch_status(
     current: &DynamicCredentialStatus,
     new: DynamicCredentialStatus,
 ) -> Result<(), Error> {
-    if dc.status.is_some() && current == &new {
-        return Ok(());
-    }
-    let api: Api<DynamicCredential> =
-        Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
-    api.patch_status(
-        &dc.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(conditions::status_patch(current, &new)),
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
-    ctx.metrics.kube_write("status");
-    Ok(())
+    report::patch_status(ctx, dc, dc.status.is_some(), current, &new)
+        .await
+        .map_err(Error::PatchStatus)
 }
 
 async fn publish(
@@ -838,18 +812,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Lease".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
-        tracing::debug!(error = %err, "failed to publish event");
-    } else {
-        ctx.metrics.kube_write("event");
-    }
+    report::publish(ctx, dc, type_, reason, "Lease", note).await;
 }
 
 fn signed(d: Duration) -> SignedDuration {

@@ -14,15 +14,16 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::{WatchStreamExt, predicates};
+use kube::{Api, ResourceExt};
 use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
 
 use crate::conditions::{self, Desired};
 use crate::context::{Context, jitter};
 use crate::identity::{IdentityError, IdentityKey};
+use crate::report;
 use crate::restart;
 use crate::template;
 use desired::Plan;
@@ -77,14 +78,7 @@ impl Error {
             Self::InvalidSpec(_) | Self::Render(_) => reasons::INVALID_SPEC,
             Self::Identity(IdentityError::TokenRequest { .. }) => reasons::TOKEN_REQUEST_FAILED,
             Self::Identity(IdentityError::Login { source, .. })
-            | Self::ReadSource { source, .. } => match source {
-                e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
-                VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
-                    reasons::PERMISSION_DENIED
-                }
-                VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
-                _ => reasons::VAULT_UNAVAILABLE,
-            },
+            | Self::ReadSource { source, .. } => report::vault_reason(source),
             Self::Denied { .. } => reasons::PERMISSION_DENIED,
             Self::VersionGone { .. } => reasons::SOURCE_VERSION_DELETED,
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
@@ -115,19 +109,10 @@ pub async fn run(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
     let (reader, writer) = reflector::store::<VaultSecret>();
     // Status-only updates (our own patches) do not change the generation and trigger nothing.
-    let resources = watcher(
-        Api::<VaultSecret>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    // The cache keeps every resource; managedFields are often the largest part and never read.
-    .modify(|resource| resource.managed_fields_mut().clear())
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
+    let resources = crate::managed::resources(Api::<VaultSecret>::all(ctx.client.clone()), writer)
+        .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
         .reconcile_on(crate::managed::deleted_owners(deleted))
@@ -152,8 +137,6 @@ fn error_policy(vs: Arc<VaultSecret>, error: &Error, ctx: Arc<Context>) -> Actio
 
 async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    // Drift checks read the Secret cache; it must be filled first, or every Secret looks missing.
-    let _ = ctx.secrets.wait_until_ready().await;
     // Our Secret write reaches the cache before our status patch does: a reconcile in between
     // would take its own write for new data (and schedule a second restart). Read the resource
     // again when its status does not describe the cached Secret.
@@ -591,33 +574,11 @@ async fn patch_status(
     current: &VaultSecretStatus,
     new: VaultSecretStatus,
 ) -> Result<(), Error> {
-    if vs.status.is_some() && current == &new {
-        return Ok(());
-    }
-    let api: Api<VaultSecret> =
-        Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
-    api.patch_status(
-        &vs.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(conditions::status_patch(current, &new)),
-    )
-    .await
-    .map_err(Error::PatchStatus)?;
-    ctx.metrics.kube_write("status");
-    Ok(())
+    report::patch_status(ctx, vs, vs.status.is_some(), current, &new)
+        .await
+        .map_err(Error::PatchStatus)
 }
 
 async fn publish(ctx: &Context, vs: &VaultSecret, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Sync".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &vs.object_ref(&())).await {
-        tracing::debug!(error = %err, "failed to publish event");
-    } else {
-        ctx.metrics.kube_write("event");
-    }
+    report::publish(ctx, vs, type_, reason, "Sync", note).await;
 }

@@ -1,0 +1,84 @@
+//! What every controller reports the same way: the condition reason of a Vault error, status
+//! patches sent only on change, and Events (counted as Kubernetes writes).
+
+use crds::v1alpha1::reasons;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vault::VaultError;
+
+use crate::conditions;
+use crate::context::Context;
+
+/// The condition reason of a failed Vault call.
+pub fn vault_reason(err: &VaultError) -> &'static str {
+    match err {
+        e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
+        VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
+            reasons::PERMISSION_DENIED
+        }
+        VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
+        _ => reasons::VAULT_UNAVAILABLE,
+    }
+}
+
+/// Patches `resource`'s status from `current` to `new`, unless they are equal (and a status exists).
+pub async fn patch_status<K, S>(
+    ctx: &Context,
+    resource: &K,
+    has_status: bool,
+    current: &S,
+    new: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if has_status && current == new {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        &resource.namespace().unwrap_or_default(),
+    );
+    api.patch_status(
+        &resource.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(conditions::status_patch(current, new)),
+    )
+    .await?;
+    ctx.metrics.kube_write("status");
+    Ok(())
+}
+
+/// Publishes an Event about `resource`; a failure is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    resource: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx
+        .recorder
+        .publish(&event, &resource.object_ref(&()))
+        .await
+    {
+        tracing::debug!(error = %err, "failed to publish event");
+    } else {
+        ctx.metrics.kube_write("event");
+    }
+}
