@@ -36,7 +36,7 @@ bao write auth/kubernetes/role/agent1 bound_service_account_names=web bound_serv
   policies=agent1 token_ttl=1h >/dev/null
 bao kv put secret/agent1/config username=app password="$CANARY" >/dev/null
 bao kv put kv/agent1/plain api_key="k-$CANARY" region=eu >/dev/null
-bao secrets list -format=json | grep -q '"database/"' || bao secrets enable database >/dev/null
+bao secrets list -format=json | contains '"database/"' || bao secrets enable database >/dev/null
 bao write database/config/agentpg plugin_name=postgresql-database-plugin allowed_roles='*' \
   connection_url="postgresql://{{username}}:{{password}}@$VK_PG_HOST:$VK_PG_PORT/postgres?sslmode=disable" \
   username=postgres password=unused >/dev/null
@@ -85,7 +85,7 @@ fi
 [ "$(cat "$OUT/kv2plain" 2>/dev/null)" = "$(printf 'password: %s\nusername: app' "$CANARY")" ] \
   && ok "KV v2 default format shows the inner data" || bad "kv2plain: $(cat "$OUT/kv2plain" 2>&1)"
 db_user=$(url_user "$OUT/db-url" 2>/dev/null || true)
-if [ -n "$db_user" ] && psql "$(cat "$OUT/db-url")" -tAc 'select current_user' 2>/dev/null | grep -qx "$db_user"; then
+if [ -n "$db_user" ] && psql "$(cat "$OUT/db-url")" -tAc 'select current_user' 2>/dev/null | contains -x "$db_user"; then
   ok "database credential logs in to PostgreSQL as $db_user"
 else
   bad "database credential does not log in ($(cat "$OUT/db-url" 2>&1 | sed 's/:[^:@]*@/:***@/'))"
@@ -93,7 +93,7 @@ fi
 [ "$(mode_of "$OUT/db-url")" = 400 ] && ok "perms 0400 applied" || bad "db-url mode $(mode_of "$OUT/db-url")"
 [ "$(mode_of "$RUN/agent-state.json")" = 600 ] && ok "state file (token, leases) stored with mode 0600" || bad "state file mode $(mode_of "$RUN/agent-state.json" 2>&1)"
 [ ! -e "$RUN/ready" ] && ok "init mode does not create the ready file" || bad "init mode created the ready file"
-ls -a "$OUT" "$OUT/app" | grep -q vk-tmp && bad "temporary files left" || ok "no temporary files left"
+ls -a "$OUT" "$OUT/app" | contains vk-tmp && bad "temporary files left" || ok "no temporary files left"
 
 # --- 2. sidecar mode -----------------------------------------------------------------------------
 SIDE=$(config sidecar "$OUT" "$RUN")

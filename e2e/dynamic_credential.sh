@@ -63,7 +63,7 @@ EOF
 dcred app app app-db
 if eventually 30 kubectl -n $NS get secret app-db; then
   user=$(secret_key app-db username); password=$(secret_key app-db password)
-  PGPASSWORD=$password psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select current_user' | grep -qx "$user" \
+  PGPASSWORD=$password psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select current_user' | contains -x "$user" \
     && ok "issued credential logs in to PostgreSQL as $user" || bad "credential does not log in"
   PGPASSWORD=wrong psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
     && bad "PostgreSQL accepted a wrong password (auth not enforced)" || ok "a wrong password is refused (auth is real)"
@@ -76,7 +76,7 @@ fi
 eventually 10 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = True ]" \
   && ok "Ready=True" || bad "not Ready: $(status_of app conditions)"
 lease=$(status_of app leaseId)
-[ -n "$lease" ] && kubectl -n $NS get secret app-db -o jsonpath='{.metadata.annotations.vaultkeeper\.dev/lease-id}' | grep -qx "$lease" \
+[ -n "$lease" ] && kubectl -n $NS get secret app-db -o jsonpath='{.metadata.annotations.vaultkeeper\.dev/lease-id}' | contains -x "$lease" \
   && ok "lease ID in status and Secret annotation" || bad "lease ID not recorded"
 
 # 2. Renewal advances VALID UNTIL (30s TTL, renewed at about 20s).
@@ -103,7 +103,7 @@ sleep 25 # past at least one renewal by the restarted operator
 PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
   && ok "credential still logs in after restarts" || bad "credential dead after restarts"
 [ "$(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name | wc -l)" = 1 ] && ok "one stored lease token for the identity" || bad "stored lease tokens: $(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name)"
-kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json | grep -q '"token": "hvs\.\|"token": "s\.' \
+kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json | contains '"token": "hvs\.\|"token": "s\.' \
   && bad "stored lease token is not encrypted" || ok "stored lease token is encrypted"
 
 # 3b. The managed Secret deleted by hand: the credential cannot be read again, so a new one is
@@ -202,7 +202,7 @@ done
 kubectl -n $NS delete dcred maxtok --wait=true --timeout=30s >/dev/null
 if [ -n "$rotated" ]; then
   ok "rotated ${rotated}s after issue, before the 40s token ended"
-  kubectl -n $NS get events --field-selector reason=Rotated,involvedObject.name=maxtok -o jsonpath='{.items[*].message}' | grep -q 'ends before the lease would' \
+  kubectl -n $NS get events --field-selector reason=Rotated,involvedObject.name=maxtok -o jsonpath='{.items[*].message}' | contains 'ends before the lease would' \
     && ok "the Event says why (issuing token ends first)" || bad "no Event naming the token's end"
   [ "$logins_failed" = 0 ] && ok "the Secret's credential logged in at every check across the rotation" || bad "$logins_failed failed logins across the rotation"
   [ "$(kubectl -n $NS get rs -l app=api2 -o name | wc -l)" = 2 ] && ok "one rollout of api2" || bad "api2 ReplicaSets: $(kubectl -n $NS get rs -l app=api2 -o name | wc -l)"
@@ -274,8 +274,8 @@ eventually 20 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d 
 # 7. No credential in logs, Events or status.
 for u in "$short_password"; do
   grep -qF "$u" "$OP_LOG" && bad "password in operator log" || ok "password not in operator log"
-  kubectl get events -A -o json | grep -qF "$u" && bad "password in Events" || ok "password not in Events"
-  kubectl -n $NS get dcred -o json | grep -qF "$u" && bad "password in status" || ok "password not in CR"
+  kubectl get events -A -o json | contains -F "$u" && bad "password in Events" || ok "password not in Events"
+  kubectl -n $NS get dcred -o json | contains -F "$u" && bad "password in status" || ok "password not in CR"
 done
 
 if [ "$fail" -ne 0 ]; then

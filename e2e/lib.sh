@@ -7,4 +7,7 @@ eventually() { # eventually SECONDS CMD...: retries CMD until it succeeds
   until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $until ] || return 1; sleep 0.5; done
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# contains [GREP-FLAGS] PATTERN: like `grep -q`, but reads all of its input. With `set -o pipefail`
+# an early-exiting `grep -q` can SIGPIPE the writer and turn a match into a failed pipeline.
+contains() { grep "$@" >/dev/null; }
 psql_admin() { psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U postgres -d postgres -tAc "$1"; }

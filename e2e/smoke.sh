@@ -189,13 +189,13 @@ eventually 60 bash -c '[ "$(kubectl -n app1 get rs -l app=api -o name | wc -l)" 
 sleep 25
 [ "$(rs_count)" = 3 ] && ok "ten quick KV changes: one new ReplicaSet" || bad "ten quick changes: $(rs_count) ReplicaSets (want 3)"
 [ "$(kubectl -n app1 get secret restarter -o jsonpath={.data.v} | base64 -d)" = 11 ] && ok "Secret holds the last of the quick changes" || bad "Secret v=$(kubectl -n app1 get secret restarter -o jsonpath={.data.v} | base64 -d)"
-kubectl get events -n app1 --field-selector reason=Restarted -o name | grep -q . && ok "restart Events emitted" || bad "no Restarted Event"
+kubectl get events -n app1 --field-selector reason=Restarted -o name | contains . && ok "restart Events emitted" || bad "no Restarted Event"
 [ "$(metric 'vaultkeeper_restarts_total{kind="VaultSecret"}')" = 2 ] && ok "restart metric counts 2" || bad "restart metric: $(metric 'vaultkeeper_restarts_total')"
 
 # The canary never leaks.
 grep -qF "$CANARY" "$OP_LOG" && bad "canary in operator log" || ok "canary not in operator log"
-kubectl get events -A -o json | grep -qF "$CANARY" && bad "canary in Events" || ok "canary not in Events"
-kubectl -n app1 get vsec config -o json | grep -qF "$CANARY" && bad "canary in CR" || ok "canary not in CR"
+kubectl get events -A -o json | contains -F "$CANARY" && bad "canary in Events" || ok "canary not in Events"
+kubectl -n app1 get vsec config -o json | contains -F "$CANARY" && bad "canary in CR" || ok "canary not in CR"
 
 if [ "$fail" -ne 0 ]; then
   echo "--- state for the failures above"
