@@ -25,6 +25,6 @@ echo "== real-stack tests"
 cargo build -q -p vaultkeeper-operator -p vaultkeeper-agent -p vaultkeeper-webhook
 python3 e2e/stack/stack.py down --state-dir target/stack
 rm -rf target/stack
-python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/run.sh
+VK_RAW_AUDIT=1 python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/run.sh
 
 echo "== all checks passed in $((SECONDS - started))s"

@@ -24,6 +24,7 @@ pub fn all_crds()
     vec![
         v1alpha1::VaultSecret::crd(),
         v1alpha1::DynamicCredential::crd(),
+        v1alpha1::CertificateRequest::crd(),
     ]
 }
 

@@ -55,6 +55,19 @@ def wait_for(what: str, check, timeout: float = 60.0) -> None:
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+# With VK_RAW_AUDIT=1 (the test command sets it) OpenBao also writes an unhashed audit log, so tests can
+# prove what Vault did and did not see (for example that a CSR-mode private key never reached it).
+# OpenBao only takes audit devices from its configuration file. Never for a stack holding real data.
+RAW_AUDIT = """
+audit "file" "raw" {{
+  options {{
+    file_path = "{path}"
+    log_raw   = "true"
+  }}
+}}
+"""
+
+
 class Stack:
     def __init__(self, state: Path):
         self.state = state.resolve()
@@ -187,6 +200,7 @@ class Stack:
         values = {
             "VK_STACK_DIR": str(self.state), "KUBECONFIG": str(kubeconfig), "VK_KUBE_SERVER": server,
             "VK_KUBE_CA": str(pki / "ca.crt"), **env, "VK_BAO_AUDIT_LOG": str(self.state / "bao" / "audit.log"),
+            **({"VK_BAO_RAW_AUDIT_LOG": str(self.state / "bao" / "audit-raw.log")} if os.environ.get("VK_RAW_AUDIT") == "1" else {}),
             "VK_PG_HOST": "127.0.0.1", "VK_PG_PORT": str(pg_port), "VK_PG_USER": "postgres", "VK_BIN": str(BIN),
         }
         (self.state / "env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -215,7 +229,7 @@ audit "file" "to-file" {{
     file_path = "{d / 'audit.log'}"
   }}
 }}
-""")
+""" + (RAW_AUDIT.format(path=d / "audit-raw.log") if os.environ.get("VK_RAW_AUDIT") == "1" else ""))
         return config
 
     def start_bao(self, port: int, cluster: int) -> dict:

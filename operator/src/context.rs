@@ -24,6 +24,8 @@ pub struct Context {
     pub secrets: Store<Secret>,
     /// Secrets of DynamicCredentials only.
     pub dc_secrets: Store<Secret>,
+    /// Secrets of CertificateRequests only.
+    pub cert_secrets: Store<Secret>,
     /// Key of the data HMACs.
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
@@ -48,6 +50,7 @@ impl Context {
         metrics: Arc<Metrics>,
         secrets: Store<Secret>,
         dc_secrets: Store<Secret>,
+        cert_secrets: Store<Secret>,
         hmac_key: Vec<u8>,
         refresh_concurrency: usize,
         lease_tokens: LeaseTokens,
@@ -60,6 +63,7 @@ impl Context {
             metrics,
             secrets,
             dc_secrets,
+            cert_secrets,
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
             lease_tokens,

@@ -132,6 +132,30 @@ impl Identities {
             .await
     }
 
+    /// Runs a Vault call with the identity's cached token. A 403 on a cached token may mean the
+    /// token was revoked, so that case is retried once with a fresh login before it counts as
+    /// denied. The outer error is the login's, the inner one the call's.
+    pub async fn with_token<T, F, Fut>(
+        &self,
+        key: &IdentityKey,
+        client: &VaultClient,
+        call: F,
+    ) -> Result<Result<T, VaultError>, IdentityError>
+    where
+        F: Fn(VaultToken) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VaultError>>,
+    {
+        let (token, fresh) = self.token(key, client).await?;
+        match call(token.clone()).await {
+            Err(VaultError::PermissionDenied { .. }) if !fresh => {
+                self.forget(key, &token).await;
+                let (token, _) = self.token(key, client).await?;
+                Ok(call(token).await)
+            }
+            other => Ok(other),
+        }
+    }
+
     /// A fresh login for `key`, bypassing the cache (lease tokens are kept elsewhere).
     pub async fn login(
         &self,

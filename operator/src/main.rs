@@ -1,5 +1,6 @@
 //! vaultkeeper operator entry point: configuration, wiring, HTTP endpoints, graceful shutdown.
 
+mod certificate;
 mod conditions;
 mod config;
 mod context;
@@ -84,8 +85,10 @@ async fn main() -> anyhow::Result<()> {
     // filled by their own tasks once this replica leads, and the controllers start after that.
     let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
     let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store_shared(1024);
+    let (cert_secrets, cert_secret_writer) = kube::runtime::reflector::store_shared(1024);
     let vs_changes = secret_writer.subscribe().expect("a shared store");
     let dc_changes = dc_secret_writer.subscribe().expect("a shared store");
+    let cert_changes = cert_secret_writer.subscribe().expect("a shared store");
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
     let ctx = Arc::new(Context::new(
@@ -95,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         secrets.clone(),
         dc_secrets.clone(),
+        cert_secrets.clone(),
         hmac_key,
         args.refresh_concurrency,
         lease_tokens,
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
     ready.store(false, Ordering::Relaxed);
     let (vs_deleted, vs_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let (dc_deleted, dc_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (cert_deleted, cert_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let watches = [
         tokio::spawn(managed::reflect(
             ctx.client.clone(),
@@ -148,11 +153,18 @@ async fn main() -> anyhow::Result<()> {
             dc_secret_writer,
             dc_deleted,
         )),
+        tokio::spawn(managed::reflect(
+            ctx.client.clone(),
+            certificate::desired::OWNER_LABEL,
+            cert_secret_writer,
+            cert_deleted,
+        )),
     ];
     tokio::select! {
         _ = async {
             let _ = secrets.wait_until_ready().await;
             let _ = dc_secrets.wait_until_ready().await;
+            let _ = cert_secrets.wait_until_ready().await;
         } => tracing::info!("caches filled"),
         _ = &mut shutdown => {
             tracing::info!("shutting down");
@@ -173,9 +185,15 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     let dc_controller = tokio::spawn(dynamic_credential::run(
-        ctx,
+        ctx.clone(),
         dc_changes,
         dc_deleted_rx,
+        stopped(stop_rx.clone()),
+    ));
+    let cert_controller = tokio::spawn(certificate::run(
+        ctx,
+        cert_changes,
+        cert_deleted_rx,
         stopped(stop_rx),
     ));
     tracing::info!("controllers running");
@@ -198,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     controller.await?;
     dc_controller.await?;
+    cert_controller.await?;
     watches.iter().for_each(|w| w.abort());
     if let Some(leader) = leadership {
         leader.release().await;

@@ -1,10 +1,13 @@
-//! Prometheus metrics of the operator. Labels are bounded: kinds, results, operations, status codes.
+//! Prometheus metrics of the operator. Labels are bounded: kinds, results, operations, status codes,
+//! and for certificate timestamps the resource's namespace and name (one series per resource,
+//! removed when it is deleted).
 
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -35,6 +38,12 @@ pub struct WriteLabels {
     pub resource: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Every metric the operator exports, registered once.
 pub struct Metrics {
     pub registry: Registry,
@@ -45,6 +54,8 @@ pub struct Metrics {
     pub logins: Family<ResultLabels, Counter>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub restarts: Family<KindLabels, Counter>,
+    pub certificate_expiry: Family<ResourceLabels, Gauge>,
+    pub certificate_renewal: Family<ResourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -92,9 +103,23 @@ impl Default for Metrics {
             "Workload restarts triggered, by the kind of resource that triggered them",
             restarts.clone(),
         );
+        let certificate_expiry = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "End of validity (notAfter) of the certificate of each CertificateRequest, Unix seconds",
+            certificate_expiry.clone(),
+        );
+        let certificate_renewal = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "certificate_renewal_timestamp_seconds",
+            "When the operator renews the certificate of each CertificateRequest, Unix seconds",
+            certificate_renewal.clone(),
+        );
         Self {
             registry,
             restarts,
+            certificate_expiry,
+            certificate_renewal,
             syncs,
             sync_duration,
             vault_requests,
@@ -108,6 +133,28 @@ impl Default for Metrics {
 impl Metrics {
     pub fn restart(&self, kind: &'static str) {
         self.restarts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Records a CertificateRequest's certificate end and renewal time.
+    pub fn certificate(&self, namespace: &str, name: &str, not_after: i64, renewal: i64) {
+        let labels = ResourceLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.certificate_expiry
+            .get_or_create(&labels)
+            .set(not_after);
+        self.certificate_renewal.get_or_create(&labels).set(renewal);
+    }
+
+    /// Drops the series of a deleted CertificateRequest.
+    pub fn forget_certificate(&self, namespace: &str, name: &str) {
+        let labels = ResourceLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.certificate_expiry.remove(&labels);
+        self.certificate_renewal.remove(&labels);
     }
 
     pub fn sync(&self, kind: &'static str, result: &'static str, took: Duration) {

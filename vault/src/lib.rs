@@ -14,6 +14,7 @@ mod client;
 mod error;
 mod kv;
 mod lease;
+mod pki;
 mod raw;
 mod token_cache;
 
@@ -22,6 +23,7 @@ pub use client::{RequestObserver, VaultClient, VaultConfig};
 pub use error::VaultError;
 pub use kv::{KvMetadata, KvVersion, KvVersionState, SecretData};
 pub use lease::{Lease, LeasedSecret, Renewal, TokenInfo};
+pub use pki::{CertificateOptions, IssuedCertificate, KeyRequest};
 pub use token_cache::{CachedToken, TokenCache};
 
 /// A Vault token. Its `Debug` form never shows the token.

@@ -80,6 +80,8 @@ pub mod condition_types {
     pub const LEASE_RENEWAL: &str = "LeaseRenewal";
     /// DynamicCredential: a new credential replaces the current one.
     pub const ROTATING: &str = "Rotating";
+    /// CertificateRequest: what the last issue or renewal did.
+    pub const ISSUING: &str = "Issuing";
     /// Restart targets: restarted for the current data, waiting, or missing.
     pub const RESTARTS: &str = "Restarts";
 }
@@ -121,6 +123,13 @@ pub mod reasons {
     pub const WAITING_FOR_ROLLOUT: &str = "WaitingForRollout";
     /// DynamicCredential: no rotation is in progress.
     pub const IDLE: &str = "Idle";
+    /// CertificateRequest: a certificate was issued because none was stored, it did not match the
+    /// spec, or it reached its renewal time.
+    pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
+    /// CertificateRequest: the stored certificate is valid and matches the spec.
+    pub const CERTIFICATE_VALID: &str = "CertificateValid";
+    /// CertificateRequest: a replaced certificate was revoked.
+    pub const REVOKED: &str = "Revoked";
     /// Restart targets got the stamp of the current data.
     pub const RESTARTED: &str = "Restarted";
     /// A restart waits for its debounce window, a running rollout or the namespace's budget.

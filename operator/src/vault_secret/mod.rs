@@ -483,8 +483,7 @@ async fn write_if_changed(
     })
 }
 
-/// Runs a Vault call with the identity's token. A 403 on a cached token may mean the token was
-/// revoked, so that case is retried once with a fresh login before it counts as denied.
+/// Runs a Vault call with the identity's token (see [`crate::identity::Identities::with_token`]).
 async fn with_token<T, F, Fut>(
     ctx: &Context,
     identity: &IdentityKey,
@@ -495,17 +494,10 @@ where
     F: Fn(VaultToken) -> Fut,
     Fut: std::future::Future<Output = Result<T, VaultError>>,
 {
-    let (token, fresh) = ctx.identities.token(identity, client).await?;
-    match call(token.clone()).await {
-        Err(VaultError::PermissionDenied { .. }) if !fresh => {
-            ctx.identities.forget(identity, &token).await;
-            let (token, _) = ctx.identities.token(identity, client).await?;
-            call(token)
-                .await
-                .map_err(|source| Error::ReadSource { source })
-        }
-        other => other.map_err(|source| Error::ReadSource { source }),
-    }
+    ctx.identities
+        .with_token(identity, client, call)
+        .await?
+        .map_err(|source| Error::ReadSource { source })
 }
 
 /// Turns a 403 into a denial that names the path people know (`mount/path`) and the role.

@@ -1,0 +1,739 @@
+//! The CertificateRequest controller: a certificate from Vault's PKI engine in a `kubernetes.io/tls`
+//! Secret, issued when missing or when the spec asks for another one, renewed `renewBefore` ahead
+//! of its end, the new one written before the old one is revoked, restart targets rolled, and the
+//! certificate revoked when the resource is deleted.
+//!
+//! The Secret is the record: a restarted operator reads the certificate back from it and issues
+//! nothing while it is valid and was written for the current spec.
+
+pub mod desired;
+pub mod key;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crds::v1alpha1::{
+    CertificateRequest, CertificateRequestStatus, IssueMode, RotationPolicy, SupersededCertificate,
+    condition_types, reasons,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
+use kube::runtime::{Predicate, WatchStreamExt, predicates};
+use kube::{Api, ResourceExt};
+use vault::{VaultClient, VaultError};
+
+use crate::conditions::{self, Desired};
+use crate::context::Context;
+use crate::identity::IdentityError;
+use crate::report;
+use crate::restart;
+use crate::vault_secret::FIELD_MANAGER;
+use crate::vault_secret::desired::data_hmac;
+use desired::{CertFacts, Plan, Step};
+use key::Key;
+
+const KIND: &str = "CertificateRequest";
+/// Guards revocation of the certificate when the resource is deleted.
+pub const FINALIZER: &str = "vaultkeeper.dev/revoke-certificate";
+
+/// Why a reconcile did not reach Ready. Messages name paths, roles and serials, never keys.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("failed to get a certificate from {path} with Vault role {role:?}: {source}")]
+    Issue {
+        path: String,
+        role: String,
+        source: VaultError,
+    },
+    #[error("failed to revoke certificate {serial}: {source}")]
+    Revoke { serial: String, source: VaultError },
+    #[error("Vault's answer from {path} holds no readable certificate")]
+    BadCertificate { path: String },
+    #[error(
+        "Secret {name:?} already exists and is not managed by this CertificateRequest; delete it or choose another destination.name"
+    )]
+    SecretConflict { name: String },
+    #[error("private key: {0}")]
+    Key(String),
+    #[error("failed to apply Secret {name:?}: {source}")]
+    ApplySecret { name: String, source: kube::Error },
+    #[error("failed to restart targets: {0}")]
+    Restart(kube::Error),
+    #[error("failed to patch status: {0}")]
+    PatchStatus(kube::Error),
+    #[error("failed to read from the Kubernetes API: {0}")]
+    Read(kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// Condition reason, also the `result` label of the sync metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Issue { source, .. } | Self::Revoke { source, .. } => {
+                report::vault_reason(source)
+            }
+            Self::Identity(IdentityError::Login { source, .. }) => report::vault_reason(source),
+            Self::Identity(IdentityError::TokenRequest { .. }) => reasons::TOKEN_REQUEST_FAILED,
+            Self::InvalidSpec(_) | Self::Key(_) => reasons::INVALID_SPEC,
+            Self::BadCertificate { .. } => reasons::VAULT_UNAVAILABLE,
+            Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
+            _ => reasons::KUBERNETES_ERROR,
+        }
+    }
+}
+
+/// Starts the controller; `secrets` tells about changes of the Secrets in `ctx.cert_secrets`
+/// (filled before this starts).
+pub async fn run(
+    ctx: Arc<Context>,
+    secrets: ReflectHandle<Secret>,
+    deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (reader, writer) = reflector::store::<CertificateRequest>();
+    let resources =
+        crate::managed::resources(Api::<CertificateRequest>::all(ctx.client.clone()), writer)
+            // Spec and finalizer changes trigger; status and label changes do not.
+            .predicate_filter(
+                predicates::generation.combine(predicates::finalizers),
+                Default::default(),
+            );
+    Controller::for_stream(resources, reader)
+        .owns_shared_stream(secrets)
+        .reconcile_on(crate::managed::deleted_owners(deleted))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(cr: Arc<CertificateRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    match error {
+        Error::InvalidSpec(_) | Error::Key(_) | Error::SecretConflict { .. } => {
+            Action::await_change()
+        }
+        _ => Action::requeue(ctx.backoff(&cr.uid().unwrap_or_default())),
+    }
+}
+
+async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<CertificateRequest> =
+        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    finalizer::finalizer(&api, FINALIZER, cr, |event| async {
+        match event {
+            Finalizer::Apply(cr) => apply(&cr, &ctx).await,
+            Finalizer::Cleanup(cr) => cleanup(&cr, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+fn plan_of(cr: &CertificateRequest, ctx: &Context) -> Result<Plan, Error> {
+    desired::plan(cr, |name| {
+        ctx.identities
+            .connection(name)
+            .map(|c| c.auth_mount.clone())
+    })
+    .map_err(Error::InvalidSpec)
+}
+
+/// The serial of the certificate a Secret holds.
+fn serial_on(secret: Option<&Secret>) -> Option<String> {
+    let data = secret?.data.as_ref()?;
+    desired::cert_facts(&data.get(desired::TLS_CRT)?.0).map(|f| f.serial)
+}
+
+async fn apply(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = cr.namespace().unwrap_or_default();
+    let dest = &cr.spec.destination.name;
+    let mut secret = ctx
+        .cert_secrets
+        .get(&ObjectRef::new(dest).within(&namespace))
+        .map(|s| (*s).clone());
+    // The Secret is written before the status. When they disagree one cache lags behind our own
+    // writes: read both from the API server rather than issue again.
+    let in_status = cr.status.as_ref().and_then(|s| s.serial_number.clone());
+    let fresh;
+    let cr = if in_status.is_some() && serial_on(secret.as_ref()) != in_status {
+        let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+        fresh = api.get(&cr.name_any()).await.map_err(Error::Read)?;
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secret = secrets.get_opt(dest).await.map_err(Error::Read)?;
+        &fresh
+    } else {
+        cr
+    };
+    let status = cr.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    match sync(cr, secret.as_ref(), ctx, now).await {
+        Ok((new_status, next)) => {
+            patch_status(cr, ctx, &status, new_status).await?;
+            ctx.succeeded(&cr.uid().unwrap_or_default());
+            ctx.metrics.sync(KIND, "synced", started.elapsed());
+            let wait = next.duration_since(now).clamp(
+                SignedDuration::from_secs(1),
+                SignedDuration::from_secs(3600),
+            );
+            Ok(Action::requeue(wait.unsigned_abs()))
+        }
+        Err(err) => {
+            let mut message = err.to_string();
+            if let (Some(serial), Some(not_after)) = (&status.serial_number, &status.not_after)
+                && err.reason() != reasons::INVALID_SPEC
+            {
+                message.push_str(&format!(
+                    "; the Secret keeps certificate {serial}, valid until {} ({})",
+                    not_after.0,
+                    time_left(not_after.0, now)
+                ));
+            }
+            let was = conditions::find(&status.conditions, condition_types::READY)
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            let t = Time(now);
+            let mut conds = conditions::set(
+                &status.conditions,
+                Desired {
+                    type_: condition_types::READY,
+                    status: false,
+                    reason: err.reason(),
+                    message: message.clone(),
+                },
+                cr.metadata.generation,
+                &t,
+            );
+            conds = conditions::set(
+                &conds,
+                Desired {
+                    type_: condition_types::ISSUING,
+                    status: true,
+                    reason: err.reason(),
+                    message: message.clone(),
+                },
+                cr.metadata.generation,
+                &t,
+            );
+            let new_status = CertificateRequestStatus {
+                conditions: conds,
+                observed_generation: cr.metadata.generation,
+                ..status.clone()
+            };
+            patch_status(cr, ctx, &status, new_status).await?;
+            if was != Some(("False".to_owned(), err.reason().to_owned())) {
+                publish(ctx, cr, EventType::Warning, err.reason(), message).await;
+            }
+            tracing::warn!(namespace = %namespace, name = cr.name_any(), reason = err.reason(), error = %err, "CertificateRequest not ready");
+            ctx.metrics.sync(KIND, err.reason(), started.elapsed());
+            Err(err)
+        }
+    }
+}
+
+/// "in 2h13m" or "expired 5m ago".
+fn time_left(not_after: Timestamp, now: Timestamp) -> String {
+    let left = not_after.duration_since(now);
+    let secs = left.as_secs().unsigned_abs();
+    let human = format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60);
+    if left.is_negative() {
+        format!("expired {human} ago")
+    } else {
+        format!("{human} left")
+    }
+}
+
+/// Brings the certificate and the Secret in line; returns the new status and when to look again.
+async fn sync(
+    cr: &CertificateRequest,
+    secret: Option<&Secret>,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(CertificateRequestStatus, Timestamp), Error> {
+    let plan = plan_of(cr, ctx)?;
+    let client = &ctx
+        .identities
+        .connection(&plan.identity.connection)
+        .expect("plan checked the connection")
+        .client;
+    let namespace = cr.namespace().unwrap_or_default();
+    let dest = &cr.spec.destination.name;
+    if let Some(s) = secret
+        && !desired::owned_by(s, cr)
+    {
+        return Err(Error::SecretConflict { name: dest.clone() });
+    }
+    let mut status = cr.status.clone().unwrap_or_default();
+    let stored = secret.and_then(|s| desired::stored(s, &plan.spec_digest));
+    let jitter = desired::jitter_of(&cr.uid().unwrap_or_default());
+    let step = desired::next_step(stored.as_ref(), plan.renew_before, jitter, now);
+    let issuing_note;
+    let facts = match (step, stored) {
+        (Step::Keep(_), Some(stored)) => {
+            let secret = secret.expect("a stored certificate has a Secret");
+            if !desired::metadata_current(secret, cr) {
+                let data = secret
+                    .data
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                write_secret(ctx, cr, data, &plan.spec_digest).await?;
+            }
+            issuing_note = (
+                reasons::CERTIFICATE_VALID,
+                format!(
+                    "certificate {} is valid and matches the spec",
+                    stored.facts.serial
+                ),
+            );
+            stored.facts
+        }
+        (step, stored) => {
+            let reason = match step {
+                Step::Issue(reason) => reason,
+                Step::Keep(_) => desired::IssueReason::Missing,
+            };
+            let (data, facts) = issue(cr, ctx, &plan, client, secret).await?;
+            let hmac = data_hmac(&ctx.hmac_key, &data);
+            let previous = status
+                .serial_number
+                .clone()
+                .or_else(|| stored.as_ref().map(|s| s.facts.serial.clone()))
+                .filter(|old| *old != facts.serial);
+            if let Some(old) = &previous
+                && cr.spec.revoke_superseded
+                && !status.superseded.iter().any(|s| s.serial_number == *old)
+            {
+                let not_after = status
+                    .not_after
+                    .clone()
+                    .or_else(|| stored.as_ref().map(|s| Time(s.facts.not_after)));
+                status.superseded.push(SupersededCertificate {
+                    serial_number: old.clone(),
+                    not_after,
+                    revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
+                });
+            }
+            if previous.is_some() && !cr.spec.restart_targets.is_empty() {
+                // A replaced certificate is one event: no debounce, the rollout gate still holds.
+                status.pending_restart = Some(restart::schedule(
+                    status.pending_restart.as_ref(),
+                    restart::stamp_of(&hmac),
+                    now,
+                    Duration::ZERO,
+                ));
+            }
+            status.data_hmac = Some(hmac);
+            status.last_issue_time = Some(Time(now));
+            let message = format!(
+                "Issued certificate {} from {} into Secret {:?}, valid until {}: {}",
+                facts.serial,
+                vault_path(cr),
+                dest,
+                facts.not_after,
+                reason.describe()
+            );
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                reasons::CERTIFICATE_ISSUED,
+                message.clone(),
+            )
+            .await;
+            issuing_note = (reasons::CERTIFICATE_ISSUED, message);
+            facts
+        }
+    };
+    status.serial_number = Some(facts.serial.clone());
+    status.not_before = Some(Time(facts.not_before));
+    status.not_after = Some(Time(facts.not_after));
+    let renewal = desired::renew_at(&facts, plan.renew_before, jitter);
+    status.renewal_time = Some(Time(renewal));
+
+    let advanced = ctx
+        .restarts
+        .advance(
+            &ctx.client,
+            &namespace,
+            &cr.spec.restart_targets,
+            status.pending_restart.clone(),
+            now,
+        )
+        .await
+        .map_err(Error::Restart)?;
+    status.pending_restart = advanced.pending.clone();
+    for target in &advanced.restarted {
+        ctx.metrics.restart(KIND);
+        publish(
+            ctx,
+            cr,
+            EventType::Normal,
+            reasons::RESTARTED,
+            format!("Restarted {target} for the new certificate"),
+        )
+        .await;
+    }
+    let retire_wake = retire(cr, ctx, &plan, client, &mut status, now).await;
+
+    ctx.metrics.certificate(
+        &namespace,
+        &cr.name_any(),
+        facts.not_after.as_second(),
+        renewal.as_second(),
+    );
+    let next = [Some(renewal), retire_wake, advanced.wake]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(renewal);
+    status.observed_generation = cr.metadata.generation;
+    let t = Time(now);
+    status.conditions = conditions::set(
+        &status.conditions,
+        Desired {
+            type_: condition_types::READY,
+            status: true,
+            reason: reasons::SYNCED,
+            message: format!(
+                "Secret {:?} holds certificate {}, valid until {}; renewal at {}",
+                dest, facts.serial, facts.not_after, renewal
+            ),
+        },
+        cr.metadata.generation,
+        &t,
+    );
+    status.conditions = conditions::set(
+        &status.conditions,
+        Desired {
+            type_: condition_types::ISSUING,
+            status: false,
+            reason: issuing_note.0,
+            message: issuing_note.1,
+        },
+        cr.metadata.generation,
+        &t,
+    );
+    if let Some(c) = advanced.condition {
+        status.conditions = conditions::set(&status.conditions, c, cr.metadata.generation, &t);
+    }
+    Ok((status, next))
+}
+
+/// `<mount>/issue/<role>` or `<mount>/sign/<role>`.
+fn vault_path(cr: &CertificateRequest) -> String {
+    let verb = match cr.spec.mode {
+        IssueMode::Issue => "issue",
+        IssueMode::Sign => "sign",
+    };
+    format!("{}/{verb}/{}", cr.spec.mount, cr.spec.role)
+}
+
+/// Gets a certificate from Vault and writes it to the Secret. In `sign` mode the key is made here
+/// (or, with rotationPolicy Never, read back from the Secret) and only a CSR is sent.
+async fn issue(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    plan: &Plan,
+    client: &VaultClient,
+    secret: Option<&Secret>,
+) -> Result<(BTreeMap<String, Vec<u8>>, CertFacts), Error> {
+    let mount = cr.spec.mount.as_str();
+    let role = cr.spec.role.as_str();
+    let path = vault_path(cr);
+    let failed = |source| Error::Issue {
+        path: path.clone(),
+        role: plan.identity.role.clone(),
+        source,
+    };
+    let (cert, key_pem) = match cr.spec.mode {
+        IssueMode::Issue => {
+            let cert = ctx
+                .identities
+                .with_token(&plan.identity, client, |token| async move {
+                    client
+                        .pki_issue(&token, mount, role, &plan.options, &plan.key)
+                        .await
+                })
+                .await?
+                .map_err(failed)?;
+            let key = cert.private_key.clone().unwrap_or_default();
+            (cert, key)
+        }
+        IssueMode::Sign => {
+            let settings = cr.spec.private_key.clone();
+            let kept = (settings.rotation_policy == RotationPolicy::Never)
+                .then(|| secret.and_then(|s| s.data.as_ref()?.get(desired::TLS_KEY).cloned()))
+                .flatten()
+                .and_then(|pem| Key::from_pem(&String::from_utf8_lossy(&pem.0), &settings));
+            let key = match kept {
+                Some(key) => key,
+                None => tokio::task::spawn_blocking(move || Key::generate(&settings))
+                    .await
+                    .map_err(|e| Error::Key(e.to_string()))?
+                    .map_err(Error::Key)?,
+            };
+            let csr = key.csr(&plan.names).map_err(Error::Key)?;
+            let csr = csr.as_str();
+            let cert = ctx
+                .identities
+                .with_token(&plan.identity, client, |token| async move {
+                    client
+                        .pki_sign(&token, mount, role, &plan.options, csr)
+                        .await
+                })
+                .await?
+                .map_err(failed)?;
+            (cert, key.pem())
+        }
+    };
+    let data = desired::tls_data(&cert, &key_pem);
+    let facts = desired::cert_facts(&data[desired::TLS_CRT])
+        .ok_or_else(|| Error::BadCertificate { path: path.clone() })?;
+    if let Err(err) = write_secret(ctx, cr, data.clone(), &plan.spec_digest).await {
+        // Nobody can use a certificate that was not written: revoke it rather than leave it valid.
+        let serial = cert.serial_number.as_str();
+        let revoked = ctx
+            .identities
+            .with_token(&plan.identity, client, |token| async move {
+                client.pki_revoke(&token, mount, serial).await
+            })
+            .await;
+        if !matches!(revoked, Ok(Ok(()))) {
+            tracing::warn!(
+                serial,
+                "failed to revoke a certificate that could not be written"
+            );
+        }
+        return Err(err);
+    }
+    tracing::info!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), serial = %facts.serial, not_after = %facts.not_after, "issued certificate");
+    Ok((data, facts))
+}
+
+async fn write_secret(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    data: BTreeMap<String, Vec<u8>>,
+    spec_digest: &str,
+) -> Result<(), Error> {
+    let secret = desired::build_secret(cr, data, spec_digest);
+    let name = cr.spec.destination.name.clone();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .map_err(|source| Error::ApplySecret { name, source })?;
+    ctx.metrics.kube_write("secret");
+    Ok(())
+}
+
+/// Revokes superseded certificates once the restart targets rolled out (at once without
+/// targets); drops those that ended on their own. Returns when to look again, if anything waits.
+async fn retire(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    plan: &Plan,
+    client: &VaultClient,
+    status: &mut CertificateRequestStatus,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if status.superseded.is_empty() {
+        return None;
+    }
+    let namespace = cr.namespace().unwrap_or_default();
+    let mut rolled_out = None;
+    let mut keep = Vec::new();
+    let mut next = None;
+    for mut old in std::mem::take(&mut status.superseded) {
+        if old.not_after.as_ref().is_some_and(|t| t.0 <= now) {
+            continue; // ended on its own
+        }
+        if old.revoke_after.is_none() {
+            if rolled_out.is_none() {
+                let mut done = status.pending_restart.is_none();
+                for target in &cr.spec.restart_targets {
+                    if !done {
+                        break;
+                    }
+                    done = matches!(
+                        restart::rollout_done(&ctx.client, &namespace, target).await,
+                        Ok(true)
+                    );
+                }
+                rolled_out = Some(done);
+            }
+            if rolled_out == Some(true) {
+                old.revoke_after = Some(Time(now));
+            } else {
+                next = Some(now + SignedDuration::from_secs(2));
+                keep.push(old);
+                continue;
+            }
+        }
+        let mount = cr.spec.mount.as_str();
+        let serial = old.serial_number.as_str();
+        let revoked = ctx
+            .identities
+            .with_token(&plan.identity, client, |token| async move {
+                client.pki_revoke(&token, mount, serial).await
+            })
+            .await;
+        match revoked {
+            Ok(Ok(())) => {
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Normal,
+                    reasons::REVOKED,
+                    format!("Revoked superseded certificate {serial}"),
+                )
+                .await;
+            }
+            other => {
+                let error = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => unreachable!(),
+                };
+                tracing::warn!(
+                    serial,
+                    error,
+                    "failed to revoke a superseded certificate; retrying"
+                );
+                next = Some(
+                    next.map_or(now + SignedDuration::from_secs(30), |n: Timestamp| {
+                        n.min(now + SignedDuration::from_secs(30))
+                    }),
+                );
+                keep.push(old);
+            }
+        }
+    }
+    status.superseded = keep;
+    next
+}
+
+/// Revokes the current and superseded certificates when `revokeOnDelete` is set.
+async fn cleanup(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> {
+    let namespace = cr.namespace().unwrap_or_default();
+    ctx.metrics.forget_certificate(&namespace, &cr.name_any());
+    if !cr.spec.revoke_on_delete {
+        return Ok(Action::await_change());
+    }
+    let status = cr.status.clone().unwrap_or_default();
+    let mut serials: Vec<String> = status
+        .superseded
+        .iter()
+        .map(|s| s.serial_number.clone())
+        .collect();
+    let current = status.serial_number.clone().or_else(|| {
+        let secret = ctx
+            .cert_secrets
+            .get(&ObjectRef::new(&cr.spec.destination.name).within(&namespace));
+        serial_on(secret.as_deref())
+    });
+    serials.extend(current);
+    if serials.is_empty() {
+        return Ok(Action::await_change());
+    }
+    // Nothing can be revoked through a connection or identity that does not exist.
+    let Ok(plan) = plan_of(cr, ctx) else {
+        return Ok(Action::await_change());
+    };
+    let client = &ctx
+        .identities
+        .connection(&plan.identity.connection)
+        .expect("plan checked the connection")
+        .client;
+    let mount = cr.spec.mount.as_str();
+    for serial in &serials {
+        let serial = serial.as_str();
+        let revoked = ctx
+            .identities
+            .with_token(&plan.identity, client, |token| async move {
+                client.pki_revoke(&token, mount, serial).await
+            })
+            .await?;
+        match revoked {
+            Ok(()) => {
+                tracing::info!(namespace = %namespace, name = cr.name_any(), serial, "revoked certificate on delete")
+            }
+            // The mount does not know the serial (or no longer exists): nothing left to revoke.
+            Err(VaultError::Rejected { status: 400, .. } | VaultError::NotFound { .. }) => {
+                tracing::warn!(namespace = %namespace, name = cr.name_any(), serial, "Vault does not know the certificate; nothing to revoke")
+            }
+            Err(source) => {
+                return Err(Error::Revoke {
+                    serial: serial.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    current: &CertificateRequestStatus,
+    new: CertificateRequestStatus,
+) -> Result<(), Error> {
+    report::patch_status(ctx, cr, cr.status.is_some(), current, &new)
+        .await
+        .map_err(Error::PatchStatus)
+}
+
+async fn publish(
+    ctx: &Context,
+    cr: &CertificateRequest,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    report::publish(ctx, cr, type_, reason, "Certificate", note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_well() {
+        let now: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            time_left(now + SignedDuration::from_secs(2 * 3600 + 13 * 60 + 5), now),
+            "2h13m05s left"
+        );
+        assert_eq!(
+            time_left(now - SignedDuration::from_secs(300), now),
+            "expired 0h05m00s ago"
+        );
+    }
+}
