@@ -128,7 +128,7 @@ pub mod reasons {
     pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
     /// CertificateRequest: the stored certificate is valid and matches the spec.
     pub const CERTIFICATE_VALID: &str = "CertificateValid";
-    /// CertificateRequest: a replaced certificate was revoked.
+    /// A replaced lease or certificate was revoked.
     pub const REVOKED: &str = "Revoked";
     /// Restart targets got the stamp of the current data.
     pub const RESTARTED: &str = "Restarted";

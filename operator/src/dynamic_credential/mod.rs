@@ -728,7 +728,7 @@ async fn retire(
                         ctx,
                         dc,
                         EventType::Normal,
-                        "Revoked",
+                        reasons::REVOKED,
                         format!("Revoked previous lease {}", retiring.lease_id),
                     )
                     .await;
