@@ -3,12 +3,23 @@
 //! controller's owner label), without managedFields, so the operator's memory follows the Secrets
 //! it writes and never the cluster's other Secrets.
 
-use futures::{StreamExt, TryStreamExt};
+use std::collections::BTreeMap;
+
+use crds::v1alpha1::Destination;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryFuture, TryStreamExt};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ReflectHandle};
+use kube::runtime::{Predicate, WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::context::Context;
 
 /// A deleted managed Secret, as (namespace, owner name from the owner label).
 pub type Deleted = tokio::sync::mpsc::UnboundedSender<(String, String)>;
@@ -81,4 +92,96 @@ where
         .modify(|resource| resource.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
+}
+
+/// The Secret `owner` writes to `dest`: controlled by `owner` (deleted with it), labelled managed-by
+/// vaultkeeper and `owner_label: <owner name>`, with `dest`'s labels and annotations plus
+/// `annotations` (the operator's own, which win).
+pub fn owned_secret<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    dest: &Destination,
+    owner_label: &str,
+    annotations: BTreeMap<String, String>,
+    type_: String,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Secret {
+    let mut labels = dest.labels.clone();
+    labels.insert(
+        crds::MANAGED_BY_LABEL.to_owned(),
+        crds::MANAGED_BY_VALUE.to_owned(),
+    );
+    labels.insert(owner_label.to_owned(), owner.name_any());
+    let mut all_annotations = dest.annotations.clone();
+    all_annotations.extend(annotations);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(dest.name.clone()),
+            namespace: owner.namespace(),
+            labels: Some(labels),
+            annotations: Some(all_annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: K::api_version(&()).into_owned(),
+                kind: K::kind(&()).into_owned(),
+                name: owner.name_any(),
+                uid: owner.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        type_: Some(type_),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
+}
+
+/// Whether `owner` is the controller of `secret`.
+pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
+    let uid = owner.uid().unwrap_or_default();
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Runs the controller of kind `K`: its resources pass `predicate` (spec changes; for kinds with a
+/// finalizer also finalizer changes, which the finalizer helper waits for), the Secrets it manages
+/// (`secrets`, filled before this starts) and their deletions (`deleted`) trigger their owner.
+/// Returns when `shutdown` fires and in-flight reconciles finished.
+// Every argument is a distinct part of the controller, named at the call.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_controller<K, P, RFut>(
+    ctx: Arc<Context>,
+    secrets: ReflectHandle<Secret>,
+    deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    predicate: P,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
+    error_policy: impl Fn(Arc<K>, &RFut::Error, Arc<Context>) -> Action,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    P: Predicate<K> + Send + 'static,
+    RFut: TryFuture<Ok = Action> + Send + 'static,
+    RFut::Error: std::error::Error + Send + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let resources = resources(Api::<K>::all(ctx.client.clone()), writer)
+        .predicate_filter(predicate, Default::default());
+    Controller::for_stream(resources, reader)
+        .owns_shared_stream(secrets)
+        .reconcile_on(deleted_owners(deleted))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile did not complete");
+            }
+        })
+        .await;
 }

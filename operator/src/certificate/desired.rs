@@ -5,12 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crds::v1alpha1::{CertificateRequest, IssueMode, KeyAlgorithm};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use vault::{CertificateOptions, IssuedCertificate, KeyRequest};
 
@@ -312,35 +309,14 @@ pub fn build_secret(
     data: BTreeMap<String, Vec<u8>>,
     spec_digest: &str,
 ) -> Secret {
-    let dest = &cr.spec.destination;
-    let mut labels = dest.labels.clone();
-    labels.insert(
-        crds::MANAGED_BY_LABEL.to_owned(),
-        crds::MANAGED_BY_VALUE.to_owned(),
-    );
-    labels.insert(OWNER_LABEL.to_owned(), cr.name_any());
-    let mut annotations = dest.annotations.clone();
-    annotations.insert(SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(dest.name.clone()),
-            namespace: cr.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: CertificateRequest::api_version(&()).into_owned(),
-                kind: CertificateRequest::kind(&()).into_owned(),
-                name: cr.name_any(),
-                uid: cr.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    }
+    crate::managed::owned_secret(
+        cr,
+        &cr.spec.destination,
+        OWNER_LABEL,
+        BTreeMap::from([(SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned())]),
+        "kubernetes.io/tls".to_owned(),
+        data,
+    )
 }
 
 /// Whether the Secret's labels and annotations include what the spec asks for (else it is
@@ -356,14 +332,7 @@ pub fn metadata_current(secret: &Secret, cr: &CertificateRequest) -> bool {
             .all(|(k, v)| annotations.get(k) == Some(v))
 }
 
-/// Whether `secret` belongs to `cr`.
-pub fn owned_by(secret: &Secret, cr: &CertificateRequest) -> bool {
-    let uid = cr.uid().unwrap_or_default();
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
-}
+pub use crate::managed::owned_by;
 
 fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)

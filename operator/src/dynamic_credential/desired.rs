@@ -5,12 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crds::v1alpha1::DynamicCredential;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -117,55 +114,31 @@ pub fn build_secret(
     lease: &LeaseRecord,
     spec_digest: &str,
 ) -> Secret {
+    let annotations = BTreeMap::from([
+        (LEASE_ID_ANNOTATION.to_owned(), lease.id.clone()),
+        (LEASE_ISSUED_ANNOTATION.to_owned(), lease.issued.to_string()),
+        (
+            LEASE_TTL_ANNOTATION.to_owned(),
+            lease.duration.as_secs().to_string(),
+        ),
+        (
+            LEASE_TOKEN_ANNOTATION.to_owned(),
+            lease.token_accessor.clone(),
+        ),
+        (SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned()),
+    ]);
     let dest = &dc.spec.destination;
-    let mut labels = dest.labels.clone();
-    labels.insert(
-        crds::MANAGED_BY_LABEL.to_owned(),
-        crds::MANAGED_BY_VALUE.to_owned(),
-    );
-    labels.insert(OWNER_LABEL.to_owned(), dc.name_any());
-    let mut annotations = dest.annotations.clone();
-    annotations.insert(LEASE_ID_ANNOTATION.to_owned(), lease.id.clone());
-    annotations.insert(LEASE_ISSUED_ANNOTATION.to_owned(), lease.issued.to_string());
-    annotations.insert(
-        LEASE_TTL_ANNOTATION.to_owned(),
-        lease.duration.as_secs().to_string(),
-    );
-    annotations.insert(
-        LEASE_TOKEN_ANNOTATION.to_owned(),
-        lease.token_accessor.clone(),
-    );
-    annotations.insert(SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(dest.name.clone()),
-            namespace: dc.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: DynamicCredential::api_version(&()).into_owned(),
-                kind: DynamicCredential::kind(&()).into_owned(),
-                name: dc.name_any(),
-                uid: dc.uid().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        type_: Some(dest.type_.clone().unwrap_or_else(|| "Opaque".to_owned())),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    }
+    crate::managed::owned_secret(
+        dc,
+        dest,
+        OWNER_LABEL,
+        annotations,
+        dest.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
+        data,
+    )
 }
 
-/// Whether `secret` belongs to `dc`.
-pub fn owned_by(secret: &Secret, dc: &DynamicCredential) -> bool {
-    let uid = dc.uid().unwrap_or_default();
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
-}
+pub use crate::managed::owned_by;
 
 #[cfg(test)]
 mod tests {

@@ -15,16 +15,15 @@ use std::time::{Duration, Instant};
 use crds::v1alpha1::{
     DynamicCredential, DynamicCredentialStatus, RetiringLease, condition_types, reasons,
 };
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
-use kube::runtime::{Predicate, WatchStreamExt, predicates};
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::{Predicate, predicates};
 use kube::{Api, ResourceExt};
 use vault::{VaultClient, VaultError};
 
@@ -116,26 +115,17 @@ pub async fn run(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (reader, writer) = reflector::store::<DynamicCredential>();
-    let resources =
-        crate::managed::resources(Api::<DynamicCredential>::all(ctx.client.clone()), writer)
-            // Spec changes and finalizer changes (the finalizer helper waits for its own patch) trigger;
-            // status-only updates do not.
-            .predicate_filter(
-                predicates::generation.combine(predicates::finalizers),
-                Default::default(),
-            );
-    Controller::for_stream(resources, reader)
-        .owns_shared_stream(secrets)
-        .reconcile_on(crate::managed::deleted_owners(deleted))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile did not complete");
-            }
-        })
-        .await;
+    // Spec and finalizer changes trigger; status-only updates do not.
+    crate::managed::run_controller(
+        ctx,
+        secrets,
+        deleted,
+        shutdown,
+        predicates::generation.combine(predicates::finalizers),
+        reconcile,
+        error_policy,
+    )
+    .await;
 }
 
 fn error_policy(dc: Arc<DynamicCredential>, error: &Error, ctx: Arc<Context>) -> Action {

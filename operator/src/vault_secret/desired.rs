@@ -8,9 +8,8 @@ use crds::v1alpha1::{KvEngine, VaultSecret, reasons};
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use sha2::Sha256;
 
 use crate::conditions::Desired;
@@ -113,59 +112,29 @@ pub fn build_secret(
     data: BTreeMap<String, Vec<u8>>,
     version: Option<i64>,
 ) -> Secret {
-    let dest = &vs.spec.destination;
-    let mut labels = dest.labels.clone();
-    labels.insert(
-        crds::MANAGED_BY_LABEL.to_owned(),
-        crds::MANAGED_BY_VALUE.to_owned(),
-    );
-    labels.insert(OWNER_LABEL.to_owned(), vs.name_any());
-    let mut annotations = dest.annotations.clone();
     let engine = match vs.spec.source.engine {
         KvEngine::KvV1 => "kv-v1",
         KvEngine::KvV2 => "kv-v2",
     };
-    annotations.insert(
+    let mut annotations = BTreeMap::from([(
         SOURCE_ANNOTATION.to_owned(),
         format!("{engine}:{}/{}", vs.spec.source.mount, vs.spec.source.path),
-    );
+    )]);
     if let Some(version) = version {
         annotations.insert(SOURCE_VERSION_ANNOTATION.to_owned(), version.to_string());
     }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(dest.name.clone()),
-            namespace: vs.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner_reference(vs)]),
-            ..Default::default()
-        },
-        type_: Some(dest.type_.clone().unwrap_or_else(|| "Opaque".to_owned())),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    }
+    let dest = &vs.spec.destination;
+    crate::managed::owned_secret(
+        vs,
+        dest,
+        OWNER_LABEL,
+        annotations,
+        dest.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
+        data,
+    )
 }
 
-fn owner_reference(vs: &VaultSecret) -> OwnerReference {
-    OwnerReference {
-        api_version: VaultSecret::api_version(&()).into_owned(),
-        kind: VaultSecret::kind(&()).into_owned(),
-        name: vs.name_any(),
-        uid: vs.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// Whether `secret` belongs to `vs` (so the operator may overwrite it).
-pub fn owned_by(secret: &Secret, vs: &VaultSecret) -> bool {
-    let uid = vs.uid().unwrap_or_default();
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true))
-}
+pub use crate::managed::owned_by;
 
 /// The Ready condition after a successful sync.
 pub fn synced_condition(vs: &VaultSecret, plan: &Plan, version: Option<i64>) -> Desired {

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crds::v1alpha1::{KvEngine, VaultSecret, VaultSecretStatus, condition_types, reasons};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle};
-use kube::runtime::{WatchStreamExt, predicates};
+use kube::runtime::predicates;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Api, ResourceExt};
 use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
 
@@ -109,21 +108,17 @@ pub async fn run(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (reader, writer) = reflector::store::<VaultSecret>();
     // Status-only updates (our own patches) do not change the generation and trigger nothing.
-    let resources = crate::managed::resources(Api::<VaultSecret>::all(ctx.client.clone()), writer)
-        .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(resources, reader)
-        .owns_shared_stream(secrets)
-        .reconcile_on(crate::managed::deleted_owners(deleted))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile did not complete");
-            }
-        })
-        .await;
+    crate::managed::run_controller(
+        ctx,
+        secrets,
+        deleted,
+        shutdown,
+        predicates::generation,
+        reconcile,
+        error_policy,
+    )
+    .await;
 }
 
 fn error_policy(vs: Arc<VaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
