@@ -145,6 +145,17 @@ check_tls web-issue web-issue-tls "Private-Key: (2048 bit" DNS:web.example.com D
 check_tls web-sign web-sign-tls "NIST CURVE: P-384" DNS:api.example.com IPAddress:2001:DB8:0:0:0:0:0:7
 kubectl -n $NS get vcert web-issue | contains EXPIRES && ok "printer columns: $(kubectl -n $NS get vcert web-issue --no-headers | tr -s ' ')" || bad "no Expires column"
 
+# A name the PKI role does not allow: Ready=False with Vault's reason, no Secret.
+vcert denied denied-tls "  commonName: evil.example.org"
+if eventually 30 bash -c "[ \"\$(kubectl -n $NS get vcert denied -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = False ]"; then
+  msg=$(cond denied Ready message)
+  contains -F "not allowed" <<<"$msg" && contains -F "pki-int/issue/web" <<<"$msg" && ok "name refused by the role is reported: $msg" || bad "unclear refusal: $msg"
+  kubectl -n $NS get secret denied-tls >/dev/null 2>&1 && bad "a Secret was written for a refused name" || ok "no Secret for the refused name"
+else
+  bad "refused name not reported: $(cond denied Ready message)"
+fi
+kubectl -n $NS delete vcert denied --wait=true --timeout=30s >/dev/null
+
 # What Vault saw: the sign request carried a CSR and no key; the check can fail, because the key
 # Vault generated in issue mode is in its response.
 sign_key=$(key_lines <"$WORK/web-sign/tls.key"); issue_key=$(key_lines <"$WORK/web-issue/tls.key")
