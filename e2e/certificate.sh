@@ -149,7 +149,8 @@ kubectl -n $NS get vcert web-issue | contains EXPIRES && ok "printer columns: $(
 vcert denied denied-tls "  commonName: evil.example.org"
 if eventually 30 bash -c "[ \"\$(kubectl -n $NS get vcert denied -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" = False ]"; then
   msg=$(cond denied Ready message)
-  contains -F "not allowed" <<<"$msg" && contains -F "pki-int/issue/web" <<<"$msg" && ok "name refused by the role is reported: $msg" || bad "unclear refusal: $msg"
+  contains -F "not allowed" <<<"$msg" && contains -F "pki-int/issue/web" <<<"$msg" && [ "$(cond denied Ready reason)" = VaultRejected ] \
+    && ok "name refused by the role is reported (VaultRejected): $msg" || bad "unclear refusal: $(cond denied Ready reason): $msg"
   kubectl -n $NS get secret denied-tls >/dev/null 2>&1 && bad "a Secret was written for a refused name" || ok "no Secret for the refused name"
 else
   bad "refused name not reported: $(cond denied Ready message)"

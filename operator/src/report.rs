@@ -16,9 +16,8 @@ use crate::context::Context;
 pub fn vault_reason(err: &VaultError) -> &'static str {
     match err {
         e if e.is_outage() => reasons::VAULT_UNAVAILABLE,
-        VaultError::PermissionDenied { .. } | VaultError::Rejected { .. } => {
-            reasons::PERMISSION_DENIED
-        }
+        VaultError::PermissionDenied { .. } => reasons::PERMISSION_DENIED,
+        VaultError::Rejected { .. } => reasons::VAULT_REJECTED,
         VaultError::NotFound { .. } => reasons::SOURCE_NOT_FOUND,
         _ => reasons::VAULT_UNAVAILABLE,
     }
@@ -80,5 +79,30 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         tracing::debug!(error = %err, "failed to publish event");
     } else {
         ctx.metrics.kube_write("event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_errors_map_to_reasons() {
+        let rejected = VaultError::Rejected {
+            operation: "pki_issue",
+            path: "pki/issue/web".into(),
+            status: 400,
+            message: "common name x not allowed by this role".into(),
+        };
+        assert_eq!(vault_reason(&rejected), reasons::VAULT_REJECTED);
+        let denied = VaultError::PermissionDenied {
+            operation: "kv2_read",
+            path: "secret/data/a".into(),
+        };
+        assert_eq!(vault_reason(&denied), reasons::PERMISSION_DENIED);
+        let sealed = VaultError::Sealed {
+            operation: "kv2_read",
+        };
+        assert_eq!(vault_reason(&sealed), reasons::VAULT_UNAVAILABLE);
     }
 }

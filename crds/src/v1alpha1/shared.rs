@@ -94,6 +94,10 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Vault refused the read or the login for this identity.
     pub const PERMISSION_DENIED: &str = "PermissionDenied";
+    /// Vault refused the request as invalid (400 or another 4xx, not 403), for example a name a PKI
+    /// role does not allow; its message says why. Retried with backoff, since the fix may be made in
+    /// Vault rather than in the spec.
+    pub const VAULT_REJECTED: &str = "VaultRejected";
     /// Vault is sealed, stopped, unreachable or failing; the Secret keeps its last data.
     pub const VAULT_UNAVAILABLE: &str = "VaultUnavailable";
     /// The Vault path or the requested version does not exist.

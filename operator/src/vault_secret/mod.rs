@@ -95,6 +95,7 @@ impl Error {
             reasons::VAULT_UNAVAILABLE
                 | reasons::SOURCE_VERSION_DELETED
                 | reasons::PERMISSION_DENIED
+                | reasons::VAULT_REJECTED
                 | reasons::SOURCE_NOT_FOUND
         )
     }
