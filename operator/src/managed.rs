@@ -147,7 +147,9 @@ pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bo
 /// Runs the controller of kind `K`: its resources pass `predicate` (spec changes; for kinds with a
 /// finalizer also finalizer changes, which the finalizer helper waits for), the Secrets it manages
 /// (`secrets`, filled before this starts) and their deletions (`deleted`) trigger their owner.
-/// Returns when `shutdown` fires and in-flight reconciles finished.
+/// A failed reconcile waits for a change of the resource when `waits_for_change` says the error
+/// cannot heal by itself (an invalid spec, a conflict), and is retried with the per-object backoff
+/// otherwise. Returns when `shutdown` fires and in-flight reconciles finished.
 // Every argument is a distinct part of the controller, named at the call.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controller<K, P, RFut>(
@@ -157,7 +159,7 @@ pub async fn run_controller<K, P, RFut>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     predicate: P,
     reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
-    error_policy: impl Fn(Arc<K>, &RFut::Error, Arc<Context>) -> Action,
+    waits_for_change: fn(&RFut::Error) -> bool,
 ) where
     K: Resource<DynamicType = ()>
         + Clone
@@ -177,11 +179,56 @@ pub async fn run_controller<K, P, RFut>(
         .owns_shared_stream(secrets)
         .reconcile_on(deleted_owners(deleted))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            reconcile,
+            move |resource: Arc<K>, error: &RFut::Error, ctx: Arc<Context>| {
+                if waits_for_change(error) {
+                    Action::await_change()
+                } else {
+                    Action::requeue(ctx.backoff(&resource.uid().unwrap_or_default()))
+                }
+            },
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "reconcile did not complete");
             }
         })
         .await;
+}
+
+/// Runs `apply` for a live resource and `cleanup` for one being deleted, keeping `finalizer` on it
+/// in between (kube's finalizer helper); its own failures become `finalizer_error`.
+pub async fn with_finalizer<K, E, AF, CF>(
+    client: &kube::Client,
+    finalizer: &str,
+    resource: Arc<K>,
+    apply: impl FnOnce(Arc<K>) -> AF,
+    cleanup: impl FnOnce(Arc<K>) -> CF,
+    finalizer_error: fn(String) -> E,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    E: std::error::Error + Send + 'static,
+    AF: std::future::Future<Output = Result<Action, E>>,
+    CF: std::future::Future<Output = Result<Action, E>>,
+{
+    use kube::runtime::finalizer::{self, Event};
+    let api: Api<K> = Api::namespaced(client.clone(), &resource.namespace().unwrap_or_default());
+    finalizer::finalizer(&api, finalizer, resource, |event| async move {
+        match event {
+            Event::Apply(resource) => apply(resource).await,
+            Event::Cleanup(resource) => cleanup(resource).await,
+        }
+    })
+    .await
+    .map_err(|err| match err {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => finalizer_error(other.to_string()),
+    })
 }

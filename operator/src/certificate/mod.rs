@@ -23,7 +23,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, predicates};
 use kube::{Api, ResourceExt};
@@ -111,34 +110,30 @@ pub async fn run(
         shutdown,
         predicates::generation.combine(predicates::finalizers),
         reconcile,
-        error_policy,
+        waits_for_change,
     )
     .await;
 }
 
-fn error_policy(cr: Arc<CertificateRequest>, error: &Error, ctx: Arc<Context>) -> Action {
-    match error {
-        Error::InvalidSpec(_) | Error::Key(_) | Error::SecretConflict { .. } => {
-            Action::await_change()
-        }
-        _ => Action::requeue(ctx.backoff(&cr.uid().unwrap_or_default())),
-    }
+/// Errors that only a change of the resource can heal.
+fn waits_for_change(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::InvalidSpec(_) | Error::Key(_) | Error::SecretConflict { .. }
+    )
 }
 
 async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<CertificateRequest> =
-        Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
-    finalizer::finalizer(&api, FINALIZER, cr, |event| async {
-        match event {
-            Finalizer::Apply(cr) => apply(&cr, &ctx).await,
-            Finalizer::Cleanup(cr) => cleanup(&cr, &ctx).await,
-        }
-    })
+    let ctx = &ctx;
+    crate::managed::with_finalizer(
+        &ctx.client,
+        FINALIZER,
+        cr,
+        |cr| async move { apply(&cr, ctx).await },
+        |cr| async move { cleanup(&cr, ctx).await },
+        Error::Finalizer,
+    )
     .await
-    .map_err(|err| match err {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
 }
 
 fn plan_of(cr: &CertificateRequest, ctx: &Context) -> Result<Plan, Error> {

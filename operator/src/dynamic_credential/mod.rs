@@ -21,7 +21,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, predicates};
 use kube::{Api, ResourceExt};
@@ -123,34 +122,30 @@ pub async fn run(
         shutdown,
         predicates::generation.combine(predicates::finalizers),
         reconcile,
-        error_policy,
+        waits_for_change,
     )
     .await;
 }
 
-fn error_policy(dc: Arc<DynamicCredential>, error: &Error, ctx: Arc<Context>) -> Action {
-    match error {
-        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. } => {
-            Action::await_change()
-        }
-        _ => Action::requeue(ctx.backoff(&dc.uid().unwrap_or_default())),
-    }
+/// Errors that only a change of the resource can heal.
+fn waits_for_change(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. }
+    )
 }
 
 async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<DynamicCredential> =
-        Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
-    finalizer::finalizer(&api, FINALIZER, dc, |event| async {
-        match event {
-            Finalizer::Apply(dc) => apply(&dc, &ctx).await,
-            Finalizer::Cleanup(dc) => cleanup(&dc, &ctx).await,
-        }
-    })
+    let ctx = &ctx;
+    crate::managed::with_finalizer(
+        &ctx.client,
+        FINALIZER,
+        dc,
+        |dc| async move { apply(&dc, ctx).await },
+        |dc| async move { cleanup(&dc, ctx).await },
+        Error::Finalizer,
+    )
     .await
-    .map_err(|err| match err {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
 }
 
 /// The lease behind the Secret. The Secret is written before the status, so when the two name

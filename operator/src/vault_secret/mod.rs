@@ -117,18 +117,17 @@ pub async fn run(
         shutdown,
         predicates::generation,
         reconcile,
-        error_policy,
+        waits_for_change,
     )
     .await;
 }
 
-fn error_policy(vs: Arc<VaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
-    match error {
-        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. } => {
-            Action::await_change()
-        }
-        _ => Action::requeue(ctx.backoff(&vs.uid().unwrap_or_default())),
-    }
+/// Errors that only a change of the resource can heal.
+fn waits_for_change(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. }
+    )
 }
 
 async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
