@@ -3,13 +3,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-macro_rules! info {
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __agent_log_info {
     ($($arg:tt)*) => { $crate::log::line("info", format_args!($($arg)*)) };
 }
-macro_rules! warning {
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __agent_log_warning {
     ($($arg:tt)*) => { $crate::log::line("warn", format_args!($($arg)*)) };
 }
-pub(crate) use {info, warning};
+pub use {__agent_log_info as info, __agent_log_warning as warning};
 
 pub fn line(level: &str, message: std::fmt::Arguments<'_>) {
     let text = message.to_string().replace('\n', " ");

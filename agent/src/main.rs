@@ -3,13 +3,6 @@
 //! `VAULTKEEPER_AGENT_CONFIG`. Depends on the `vault` crate and never on kube or k8s-openapi: it
 //! runs in every injected pod, so size and memory matter (single-threaded runtime, few crates).
 
-mod agent;
-mod config;
-mod files;
-mod log;
-mod source;
-mod state;
-mod template;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,9 +10,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::agent::Agent;
-use crate::config::{AgentConfig, Mode};
-use crate::log::{info, warning};
+use vaultkeeper_agent::agent::Agent;
+use vaultkeeper_agent::config::{AgentConfig, Mode};
+use vaultkeeper_agent::log::{info, warning};
 
 /// vaultkeeper agent: renders Vault secrets to files inside a pod.
 #[derive(Parser, Debug)]

@@ -1,21 +1,5 @@
 //! vaultkeeper operator entry point: configuration, wiring, HTTP endpoints, graceful shutdown.
 
-mod certificate;
-mod conditions;
-mod config;
-mod context;
-mod dynamic_credential;
-mod http;
-mod identity;
-mod leader;
-mod lease_tokens;
-mod managed;
-mod metrics;
-mod operator_key;
-mod report;
-mod restart;
-mod template;
-mod vault_secret;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +11,14 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use vault::{VaultClient, VaultConfig};
 
-use crate::config::Args;
-use crate::context::Context;
-use crate::identity::{Connection, Identities};
-use crate::metrics::Metrics;
+use vaultkeeper_operator::config::Args;
+use vaultkeeper_operator::context::Context;
+use vaultkeeper_operator::identity::{Connection, Identities};
+use vaultkeeper_operator::metrics::Metrics;
+use vaultkeeper_operator::{
+    certificate, dynamic_credential, http, leader, lease_tokens, managed, operator_key, restart,
+    vault_secret,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

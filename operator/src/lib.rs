@@ -1,0 +1,19 @@
+//! The vaultkeeper operator as a library: the controllers, their pure planning steps and the
+//! machinery around them. `main.rs` wires them into the binary; tests and fuzz targets use them directly.
+
+pub mod certificate;
+pub mod conditions;
+pub mod config;
+pub mod context;
+pub mod dynamic_credential;
+pub mod http;
+pub mod identity;
+pub mod leader;
+pub mod lease_tokens;
+pub mod managed;
+pub mod metrics;
+pub mod operator_key;
+pub mod report;
+pub mod restart;
+pub mod template;
+pub mod vault_secret;
