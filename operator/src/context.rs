@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::identity::Identities;
@@ -81,33 +80,11 @@ impl Context {
         let base = Duration::from_secs(5)
             .saturating_mul(1 << (*count - 1).min(6))
             .min(Duration::from_secs(300));
-        jitter(base, 0.2)
+        crate::clock::jitter(base, 0.2)
     }
 
     /// Forgets the failures of `uid` after a success.
     pub fn succeeded(&self, uid: &str) {
         self.failures.lock().expect("failures lock").remove(uid);
-    }
-}
-
-/// `base` scaled by a random factor in [1 - spread, 1 + spread].
-pub fn jitter(base: Duration, spread: f64) -> Duration {
-    let factor = rand::rng().random_range((1.0 - spread)..=(1.0 + spread));
-    base.mul_f64(factor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_its_spread() {
-        for _ in 0..1000 {
-            let d = jitter(Duration::from_secs(60), 0.1);
-            assert!(
-                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
-                "{d:?}"
-            );
-        }
     }
 }

@@ -14,7 +14,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use rand::RngCore;
@@ -28,6 +28,9 @@ const TOKEN_FIELD: &str = "token";
 const EXPIRES_ANNOTATION: &str = "vaultkeeper.dev/expires";
 const HARD_END_ANNOTATION: &str = "vaultkeeper.dev/hard-end";
 const IDENTITY_ANNOTATION: &str = "vaultkeeper.dev/identity";
+const ISSUED_ANNOTATION: &str = "vaultkeeper.dev/issued";
+const TTL_ANNOTATION: &str = "vaultkeeper.dev/ttl-seconds";
+const ACCESSOR_ANNOTATION: &str = "vaultkeeper.dev/accessor";
 /// Label of the token Secrets, so an administrator can list (and, to force new tokens, delete) them.
 pub const TOKEN_SECRET_LABEL: &str = "vaultkeeper.dev/lease-token";
 
@@ -51,7 +54,7 @@ impl LeaseToken {
     /// Renew once half the time to expiry has passed, so an outage of up to half the TTL costs
     /// nothing.
     fn renew_due(&self, now: Timestamp) -> bool {
-        self.hard_end.is_none() && now >= self.expires - signed(self.ttl / 2)
+        self.hard_end.is_none() && now >= crate::clock::before(self.expires, self.ttl / 2)
     }
 
     /// When the token next needs attention: its renewal, or its replacement before its hard end.
@@ -59,9 +62,9 @@ impl LeaseToken {
         match self.hard_end {
             Some(end) => {
                 let life = end.duration_since(self.issued).unsigned_abs();
-                end - signed(lead.min(life / 3))
+                crate::clock::before(end, lead.min(life / 3))
             }
-            None => self.expires - signed(self.ttl / 2),
+            None => crate::clock::before(self.expires, self.ttl / 2),
         }
     }
 
@@ -71,7 +74,7 @@ impl LeaseToken {
         match self.hard_end {
             Some(end) => {
                 let life = end.duration_since(self.issued).unsigned_abs();
-                now + signed(lead.min(life / 3)) >= end
+                crate::clock::after(now, lead.min(life / 3)) >= end
             }
             None => false,
         }
@@ -164,8 +167,8 @@ impl LeaseTokens {
                 let increment = token.ttl.max(Duration::from_secs(60));
                 match client.renew_self(&token.token, Some(increment)).await {
                     Ok(auth) => {
-                        let capped = auth.ttl + Duration::from_secs(2) < increment;
-                        let expires = now + signed(auth.ttl);
+                        let capped = auth.ttl.saturating_add(Duration::from_secs(2)) < increment;
+                        let expires = crate::clock::after(now, auth.ttl);
                         *held = Some(LeaseToken {
                             expires,
                             hard_end: capped.then_some(expires),
@@ -218,7 +221,7 @@ impl LeaseTokens {
         Ok(LeaseToken {
             token: auth.token,
             accessor: info.accessor,
-            expires: now + signed(info.ttl),
+            expires: crate::clock::after(now, info.ttl),
             hard_end: None,
             issued: now,
             ttl: auth.ttl,
@@ -253,29 +256,17 @@ impl LeaseTokens {
             return Ok(None);
         };
         let annotations = secret.metadata.annotations.unwrap_or_default();
-        let hard_end = annotations
-            .get(HARD_END_ANNOTATION)
-            .and_then(|t| t.parse().ok());
         match client.lookup_self(&token).await {
             Ok(info) => {
-                let now = Timestamp::now();
-                let ttl = annotations
-                    .get("vaultkeeper.dev/ttl-seconds")
-                    .and_then(|t| t.parse().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(info.period.max(info.ttl));
                 tracing::info!(identity = %key, accessor = %info.accessor, "resumed stored lease token");
-                Ok(Some(LeaseToken {
+                Ok(Some(resumed(
                     token,
-                    accessor: info.accessor,
-                    expires: now + signed(info.ttl),
-                    hard_end,
-                    issued: annotations
-                        .get("vaultkeeper.dev/issued")
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(now),
-                    ttl,
-                }))
+                    &annotations,
+                    info.accessor,
+                    info.ttl,
+                    info.period,
+                    Timestamp::now(),
+                )))
             }
             Err(VaultError::PermissionDenied { .. }) => {
                 tracing::warn!(identity = %key, "stored lease token is no longer valid; logging in again");
@@ -290,21 +281,7 @@ impl LeaseTokens {
 
     async fn save(&self, key: &IdentityKey, token: &LeaseToken) -> Result<(), LeaseTokenError> {
         let name = secret_name(key);
-        let mut annotations = BTreeMap::from([
-            (IDENTITY_ANNOTATION.to_owned(), key.to_string()),
-            (EXPIRES_ANNOTATION.to_owned(), token.expires.to_string()),
-            (
-                "vaultkeeper.dev/ttl-seconds".to_owned(),
-                token.ttl.as_secs().to_string(),
-            ),
-            (
-                "vaultkeeper.dev/accessor".to_owned(),
-                token.accessor.clone(),
-            ),
-        ]);
-        if let Some(end) = token.hard_end {
-            annotations.insert(HARD_END_ANNOTATION.to_owned(), end.to_string());
-        }
+        let annotations = recorded(key, token);
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -377,6 +354,57 @@ impl LeaseTokens {
     }
 }
 
+/// What the token's Secret records about it besides the sealed token itself (read back by
+/// [`resumed`]).
+fn recorded(key: &IdentityKey, token: &LeaseToken) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([
+        (IDENTITY_ANNOTATION.to_owned(), key.to_string()),
+        (EXPIRES_ANNOTATION.to_owned(), token.expires.to_string()),
+        (ISSUED_ANNOTATION.to_owned(), token.issued.to_string()),
+        (TTL_ANNOTATION.to_owned(), token.ttl.as_secs().to_string()),
+        (ACCESSOR_ANNOTATION.to_owned(), token.accessor.clone()),
+    ]);
+    if let Some(end) = token.hard_end {
+        annotations.insert(HARD_END_ANNOTATION.to_owned(), end.to_string());
+    }
+    annotations
+}
+
+/// A stored token Vault still accepts, with what its Secret's annotations recorded. An annotation
+/// that does not parse (edited by hand) counts as not recorded: the hard end as unknown (renewal
+/// finds it again), the issue time as now, the TTL as Vault's current one.
+fn resumed(
+    token: VaultToken,
+    annotations: &BTreeMap<String, String>,
+    accessor: String,
+    ttl_left: Duration,
+    period: Duration,
+    now: Timestamp,
+) -> LeaseToken {
+    let stamp = |name: &str| {
+        annotations
+            .get(name)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+    };
+    let hard_end = stamp(HARD_END_ANNOTATION);
+    let issued = stamp(ISSUED_ANNOTATION)
+        .filter(|t| *t <= now)
+        .unwrap_or(now);
+    let ttl = annotations
+        .get(TTL_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(period.max(ttl_left));
+    LeaseToken {
+        token,
+        accessor,
+        expires: crate::clock::after(now, ttl_left),
+        hard_end,
+        issued,
+        ttl,
+    }
+}
+
 /// One Secret per identity; the name is a digest, the identity itself is in an annotation.
 pub fn secret_name(key: &IdentityKey) -> String {
     let digest = Sha256::digest(
@@ -389,13 +417,10 @@ pub fn secret_name(key: &IdentityKey) -> String {
     format!("vaultkeeper-lease-token-{}", &hex::encode(digest)[..16])
 }
 
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
     fn key() -> IdentityKey {
         IdentityKey {
@@ -433,6 +458,58 @@ mod tests {
         assert_eq!(tokens.open("b", &sealed), None, "bound to the Secret name");
         let other = LeaseTokens::new(client, "ops".into(), &[8u8; 32]);
         assert_eq!(other.open("a", &sealed), None, "bound to the operator key");
+    }
+
+    #[test]
+    fn a_resumed_token_keeps_its_issue_time_and_hard_end() {
+        let now = Timestamp::now();
+        let token = LeaseToken {
+            token: VaultToken::new("t"),
+            accessor: "acc".into(),
+            expires: now + SignedDuration::from_secs(100),
+            hard_end: Some(now + SignedDuration::from_secs(100)),
+            issued: now - SignedDuration::from_secs(500),
+            ttl: Duration::from_secs(600),
+        };
+        let annotations = recorded(&key(), &token);
+        let later = now + SignedDuration::from_secs(30);
+        let back = resumed(
+            VaultToken::new("t"),
+            &annotations,
+            "acc".into(),
+            Duration::from_secs(70),
+            Duration::ZERO,
+            later,
+        );
+        assert_eq!(
+            back.issued, token.issued,
+            "the issue time survives a restart"
+        );
+        assert_eq!(back.hard_end, token.hard_end);
+        assert_eq!(back.ttl, token.ttl);
+        assert_eq!(back.expires, later + SignedDuration::from_secs(70));
+    }
+
+    #[test]
+    fn hand_edited_token_annotations_count_as_not_recorded() {
+        let now = Timestamp::now();
+        let annotations = BTreeMap::from([
+            (ISSUED_ANNOTATION.to_owned(), "next tuesday".to_owned()),
+            (HARD_END_ANNOTATION.to_owned(), "9999999999999".to_owned()),
+            (TTL_ANNOTATION.to_owned(), "-5".to_owned()),
+        ]);
+        let back = resumed(
+            VaultToken::new("t"),
+            &annotations,
+            "acc".into(),
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(60),
+            now,
+        );
+        assert_eq!(back.issued, now);
+        assert_eq!(back.hard_end, None);
+        assert_eq!(back.ttl, Duration::from_secs(u64::MAX));
+        assert_eq!(back.expires, Timestamp::MAX);
     }
 
     #[test]

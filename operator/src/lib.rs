@@ -2,6 +2,7 @@
 //! machinery around them. `main.rs` wires them into the binary; tests and fuzz targets use them directly.
 
 pub mod certificate;
+pub mod clock;
 pub mod conditions;
 pub mod config;
 pub mod context;

@@ -1,6 +1,5 @@
 //! vaultkeeper operator entry point: configuration, wiring, HTTP endpoints, graceful shutdown.
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -192,26 +191,60 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let lost_leadership = tokio::select! {
-        _ = &mut shutdown => false,
-        _ = lost => true,
+    let mut controllers = [controller, dc_controller, cert_controller];
+    let mut watches = watches;
+    // A controller or a watch returns only at shutdown: one that ends earlier (a panic, or a
+    // stream that gave up) leaves resources unreconciled, so the process stops being ready and
+    // exits with an error for its supervisor to restart it.
+    let stop = tokio::select! {
+        _ = &mut shutdown => Stop::Signal,
+        _ = lost => Stop::LostLeadership,
+        (result, index, _) = futures::future::select_all(controllers.iter_mut()) => {
+            Stop::TaskEnded(["VaultSecret", "DynamicCredential", "CertificateRequest"][index], result.err().map(|e| e.to_string()))
+        }
+        (result, index, _) = futures::future::select_all(watches.iter_mut()) => {
+            Stop::TaskEnded(["VaultSecret Secret watch", "DynamicCredential Secret watch", "CertificateRequest Secret watch"][index], result.err().map(|e| e.to_string()))
+        }
     };
-    if lost_leadership {
-        tracing::error!("lost the leader Lease; stopping so that only one replica acts");
-    } else {
-        tracing::info!("shutting down");
+    match &stop {
+        Stop::Signal => tracing::info!("shutting down"),
+        Stop::LostLeadership => {
+            tracing::error!("lost the leader Lease; stopping so that only one replica acts")
+        }
+        Stop::TaskEnded(task, error) => {
+            ready_when_filled.store(false, Ordering::Relaxed);
+            tracing::error!(
+                task,
+                error = error.as_deref().unwrap_or("returned"),
+                "a controller task ended before shutdown; stopping so that the process is restarted"
+            );
+        }
     }
     let _ = stop_tx.send(true);
-    controller.await?;
-    dc_controller.await?;
-    cert_controller.await?;
+    // A task select_all saw finish must not be awaited again.
+    for task in controllers {
+        if !task.is_finished() {
+            let _ = task.await;
+        }
+    }
     watches.iter().for_each(|w| w.abort());
     if let Some(leader) = leadership {
         leader.release().await;
     }
     http.await??;
-    anyhow::ensure!(!lost_leadership, "lost leadership");
-    Ok(())
+    match stop {
+        Stop::Signal => Ok(()),
+        Stop::LostLeadership => anyhow::bail!("lost leadership"),
+        Stop::TaskEnded(task, _) => anyhow::bail!("{task} ended before shutdown"),
+    }
+}
+
+/// Why the operator stops.
+enum Stop {
+    Signal,
+    LostLeadership,
+    /// A controller or watch task ended on its own (with its panic message, if it panicked).
+    TaskEnded(&'static str, Option<String>),
 }
 
 /// Resolves once `true` is sent on the channel.

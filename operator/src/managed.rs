@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crds::v1alpha1::Destination;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryFuture, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryFuture, TryFutureExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -149,7 +149,10 @@ pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bo
 /// (`secrets`, filled before this starts) and their deletions (`deleted`) trigger their owner.
 /// A failed reconcile waits for a change of the resource when `waits_for_change` says the error
 /// cannot heal by itself (an invalid spec, a conflict), and is retried with the per-object backoff
-/// otherwise. Returns when `shutdown` fires and in-flight reconciles finished.
+/// otherwise. A reconcile that panics becomes the error `panicked` makes of its message (retried
+/// with backoff), so one resource can never stop the controller for every other one (release
+/// builds unwind for this reason). Returns when `shutdown` fires and in-flight reconciles
+/// finished.
 // Every argument is a distinct part of the controller, named at the call.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controller<K, P, RFut>(
@@ -158,8 +161,9 @@ pub async fn run_controller<K, P, RFut>(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     predicate: P,
-    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
+    mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
     waits_for_change: fn(&RFut::Error) -> bool,
+    panicked: fn(String) -> RFut::Error,
 ) where
     K: Resource<DynamicType = ()>
         + Clone
@@ -180,7 +184,18 @@ pub async fn run_controller<K, P, RFut>(
         .reconcile_on(deleted_owners(deleted))
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile,
+            move |resource: Arc<K>, ctx: Arc<Context>| {
+                let name = format!(
+                    "{}/{}",
+                    resource.namespace().unwrap_or_default(),
+                    resource.name_any()
+                );
+                contain_panic(
+                    name,
+                    TryFutureExt::into_future(reconcile(resource, ctx)),
+                    panicked,
+                )
+            },
             move |resource: Arc<K>, error: &RFut::Error, ctx: Arc<Context>| {
                 if waits_for_change(error) {
                     Action::await_change()
@@ -196,6 +211,26 @@ pub async fn run_controller<K, P, RFut>(
             }
         })
         .await;
+}
+
+/// `attempt`, with a panic turned into the error `panicked` makes of its message.
+async fn contain_panic<T, E>(
+    resource: String,
+    attempt: impl std::future::Future<Output = Result<T, E>>,
+    panicked: fn(String) -> E,
+) -> Result<T, E> {
+    match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(%resource, panic = %message, "reconcile panicked; retrying with backoff");
+            Err(panicked(message))
+        }
+    }
 }
 
 /// Runs `apply` for a live resource and `cleanup` for one being deleted, keeping `finalizer` on it
@@ -231,4 +266,25 @@ where
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         other => finalizer_error(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_becomes_an_error() {
+        let boom = async {
+            let huge = std::time::Duration::MAX;
+            // The kind of panic a hostile duration caused before checked arithmetic.
+            let _ = huge + std::hint::black_box(std::time::Duration::from_secs(1));
+            Ok::<u32, String>(1)
+        };
+        let result = contain_panic("ns/name".to_owned(), boom, |m| format!("panicked: {m}")).await;
+        let err = result.unwrap_err();
+        assert!(err.starts_with("panicked: "), "{err}");
+        assert!(err.contains("overflow"), "{err}");
+        let fine = contain_panic("ns/name".to_owned(), async { Ok::<u32, String>(7) }, |m| m).await;
+        assert_eq!(fine, Ok(7));
+    }
 }

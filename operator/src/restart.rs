@@ -35,6 +35,9 @@ pub enum Stamped {
 /// Debounce and rate limits shared by the controllers.
 pub struct Orchestrator {
     pub debounce: Duration,
+    /// How long a replaced lease or certificate waits for the restarted workloads' rollout before
+    /// it is revoked anyway (with a Warning Event).
+    pub rollout_timeout: Duration,
     per_minute: f64,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -71,7 +74,7 @@ pub fn schedule(
         stamp,
         not_before: existing
             .map(|p| p.not_before.clone())
-            .unwrap_or_else(|| Time(now + signed(debounce))),
+            .unwrap_or_else(|| Time(crate::clock::after(now, debounce))),
     }
 }
 
@@ -79,6 +82,7 @@ impl Orchestrator {
     pub fn new(debounce: Duration, per_minute: u32) -> Self {
         Self {
             debounce,
+            rollout_timeout: Duration::from_secs(30 * 60),
             per_minute: f64::from(per_minute.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -98,9 +102,10 @@ impl Orchestrator {
             *tokens -= 1.0;
             None
         } else {
-            Some(Duration::from_secs_f64(
-                (1.0 - *tokens) * 60.0 / self.per_minute,
-            ))
+            Some(
+                Duration::try_from_secs_f64((1.0 - *tokens) * 60.0 / self.per_minute)
+                    .unwrap_or(Duration::from_secs(60)),
+            )
         }
     }
 
@@ -144,7 +149,7 @@ impl Orchestrator {
             }
             if let Some(wait) = self.take(namespace) {
                 return Ok(Progress::Wait(
-                    now + signed(wait),
+                    crate::clock::after(now, wait),
                     format!("restart budget of namespace {namespace} used up; {what} waits"),
                 ));
             }
@@ -250,10 +255,6 @@ fn current_stamp(data: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
-}
-
 fn api(client: &kube::Client, namespace: &str, kind: WorkloadKind) -> Api<DynamicObject> {
     let kind = match kind {
         WorkloadKind::Deployment => "Deployment",
@@ -284,22 +285,78 @@ pub async fn stamp(
     Ok(Stamped::Restarted)
 }
 
-/// Whether the target's latest rollout has finished (every replica updated and available). A
-/// missing workload has nothing to wait for.
-pub async fn rollout_done(
+/// Where the restarted workloads' rollouts stand, as far as revoking what they used goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollouts {
+    /// Every target finished its rollout (or does not exist): the old credential may go.
+    Finished,
+    /// Still rolling out, or the restart is not stamped yet.
+    Running,
+    /// Waiting stopped without a finished rollout; the reason is for a Warning Event.
+    GaveUp(String),
+}
+
+/// Whether the old credential of `targets` may be revoked: their rollouts finished; or one of
+/// them stalled (a Deployment past its `progressDeadlineSeconds`); or they have not finished
+/// within `timeout` of `since` (when the new credential was written). A restart still `pending`
+/// counts as running. Errors reading a target count as running.
+pub async fn rollouts(
     client: &kube::Client,
     namespace: &str,
-    target: &RestartTarget,
-) -> Result<bool, kube::Error> {
-    let api = api(client, namespace, target.kind);
-    Ok(match api.get_opt(&target.name).await? {
-        Some(workload) => rollout_finished(
-            target.kind,
-            workload.metadata.generation.unwrap_or(0),
-            &workload.data,
-        ),
-        None => true,
-    })
+    targets: &[RestartTarget],
+    pending: bool,
+    since: Timestamp,
+    timeout: Duration,
+    now: Timestamp,
+) -> Rollouts {
+    let mut finished = !pending;
+    for target in targets {
+        let api = api(client, namespace, target.kind);
+        match api.get_opt(&target.name).await {
+            Ok(Some(workload)) => {
+                if rollout_stalled(&workload.data) {
+                    return Rollouts::GaveUp(format!(
+                        "{:?} {} exceeded its progress deadline",
+                        target.kind, target.name
+                    ));
+                }
+                finished &= rollout_finished(
+                    target.kind,
+                    workload.metadata.generation.unwrap_or(0),
+                    &workload.data,
+                );
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, "failed to read a restart target");
+                finished = false;
+            }
+        }
+    }
+    if finished {
+        Rollouts::Finished
+    } else if crate::clock::after(since, timeout) <= now {
+        Rollouts::GaveUp(format!(
+            "the restarted workloads did not finish their rollout within {}s",
+            timeout.as_secs()
+        ))
+    } else {
+        Rollouts::Running
+    }
+}
+
+/// A Deployment whose rollout Kubernetes gave up on (`Progressing=False`,
+/// `ProgressDeadlineExceeded`).
+pub fn rollout_stalled(data: &Value) -> bool {
+    data.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Progressing")
+                    && c.get("status").and_then(Value::as_str) == Some("False")
+                    && c.get("reason").and_then(Value::as_str) == Some("ProgressDeadlineExceeded")
+            })
+        })
 }
 
 /// Pure check of a workload's status, as `kubectl rollout status` judges it.

@@ -42,7 +42,7 @@ use super::shared::{Destination, PendingRestart, RestartTarget, VaultAuth};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("!has(self.ttl) || !has(self.renewBefore) || duration(self.renewBefore) < duration(self.ttl)").message("renewBefore must be shorter than ttl"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.ttl) || !has(self.renewBefore) || !self.ttl.matches('", super::cel_duration_pattern!(), "') || !self.renewBefore.matches('", super::cel_duration_pattern!(), "') || duration(self.renewBefore) < duration(self.ttl)")).message("renewBefore must be shorter than ttl"))]
 #[x_kube(validation = Rule::new("has(self.commonName) || (has(self.altNames) && size(self.altNames) > 0) || (has(self.ipSans) && size(self.ipSans) > 0) || (has(self.uriSans) && size(self.uriSans) > 0)").message("a certificate needs a name: set commonName, altNames, ipSans or uriSans"))]
 #[x_kube(validation = Rule::new("!has(self.privateKey) || !has(self.privateKey.rotationPolicy) || self.privateKey.rotationPolicy != 'Never' || (has(self.mode) && self.mode == 'sign')").message("privateKey.rotationPolicy Never needs mode sign: in issue mode Vault generates a new key for every certificate"))]
 #[x_kube(validation = Rule::new("!has(self.destination.type) || self.destination.type == 'kubernetes.io/tls'").message("destination.type of a CertificateRequest is always kubernetes.io/tls; leave it empty"))]
@@ -93,18 +93,19 @@ pub struct CertificateRequestSpec {
     #[schemars(length(max = 32), inner(length(max = 512)))]
     pub uri_sans: Vec<String>,
 
-    /// Requested lifetime as a duration such as `720h`. Empty means the role's TTL; Vault caps it
-    /// at the role's max TTL.
+    /// Requested lifetime as a duration such as `720h` (1s to 87600h). Empty means the role's TTL;
+    /// Vault caps it at the role's max TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$')").message("ttl must be a duration such as 90s, 45m or 720h"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", super::cel_duration_pattern!(), "') && duration(self) >= duration('1s') && duration(self) <= duration('87600h')")).message("ttl must be a duration such as 90s, 45m or 720h, at least 1s and at most 87600h (10 years)"))]
     #[schemars(length(max = 32))]
     pub ttl: Option<String>,
 
-    /// Renew this long before the certificate ends, as a duration such as `240h`. Defaults to one
+    /// Renew this long before the certificate ends, as a duration such as `240h` (1s to 87600h,
+    /// shorter than `ttl`). Defaults to one
     /// third of the certificate's lifetime. The renewal is moved a little earlier per resource
     /// (never later) so that many certificates do not renew at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$')").message("renewBefore must be a duration such as 90s, 45m or 240h"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", super::cel_duration_pattern!(), "') && duration(self) >= duration('1s') && duration(self) <= duration('87600h')")).message("renewBefore must be a duration such as 90s, 45m or 240h, at least 1s and at most 87600h (10 years)"))]
     #[schemars(length(max = 32))]
     pub renew_before: Option<String>,
 

@@ -74,9 +74,9 @@ pub struct DynamicCredentialSpec {
     pub rotate_at_percent: i32,
 
     /// How long the previous credential stays valid after the restarted workloads finished their
-    /// rollout, as a duration such as `30s` or `5m`. Defaults to `60s`.
+    /// rollout, as a duration such as `30s` or `5m`, at most `24h`. Defaults to `60s`.
     #[serde(default = "default_grace")]
-    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$')").message("rotationGracePeriod must be a duration such as 30s, 5m or 1h"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", super::cel_duration_pattern!(), "') && duration(self) <= duration('24h')")).message("rotationGracePeriod must be a duration such as 30s, 5m or 1h, and at most 24h"))]
     #[schemars(length(max = 32))]
     pub rotation_grace_period: String,
 

@@ -138,6 +138,13 @@ pub mod reasons {
     pub const RESTARTED: &str = "Restarted";
     /// A restart waits for its debounce window, a running rollout or the namespace's budget.
     pub const RESTART_PENDING: &str = "RestartPending";
+    /// The restarted workloads did not finish their rollout (a Deployment exceeded its progress
+    /// deadline, or the operator's `--rollout-timeout` passed): the replaced lease or certificate
+    /// is revoked after its grace period anyway.
+    pub const ROLLOUT_NOT_FINISHED: &str = "RolloutNotFinished";
+    /// The reconcile failed on a bug in vaultkeeper (it panicked); retried with backoff, and the
+    /// operator log has the details.
+    pub const INTERNAL_ERROR: &str = "InternalError";
     /// A restart target does not exist.
     pub const TARGET_MISSING: &str = "RestartTargetMissing";
 }

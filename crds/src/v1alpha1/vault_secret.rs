@@ -59,10 +59,11 @@ pub struct VaultSecretSpec {
     /// The KV secret to read.
     pub source: KvSource,
 
-    /// How often Vault is polled, as a duration such as `30s`, `5m` or `1h`. At least 10s.
+    /// How often Vault is polled, as a duration such as `30s`, `5m` or `1h`. At least 10s, at most
+    /// 168h.
     /// Defaults to 60s. Each refresh is jittered by up to ±10% so refreshes do not align.
     #[serde(default = "default_refresh_interval")]
-    #[x_kube(validation = Rule::new(r"self.matches('^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$') && duration(self) >= duration('10s')").message("refreshInterval must be a duration such as 30s, 5m or 1h, and at least 10s"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('", super::cel_duration_pattern!(), "') && duration(self) >= duration('10s') && duration(self) <= duration('168h')")).message("refreshInterval must be a duration such as 30s, 5m or 1h, at least 10s and at most 168h"))]
     #[schemars(length(max = 32))]
     pub refresh_interval: String,
 

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crds::v1alpha1::{CertificateRequest, IssueMode, KeyAlgorithm};
+use crds::v1alpha1::{CertificateRequest, IssueMode, KeyAlgorithm, SupersededCertificate};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -233,8 +234,8 @@ pub fn effective_renew_before(facts: &CertFacts, renew_before: Option<Duration>)
 pub fn renew_at(facts: &CertFacts, renew_before: Option<Duration>, jitter: f64) -> Timestamp {
     let before = effective_renew_before(facts, renew_before);
     let window = (before / 10).min(Duration::from_secs(300));
-    let early = window.mul_f64(jitter.clamp(0.0, 1.0));
-    facts.not_after - signed(before + early)
+    let early = crate::clock::scale(window, jitter.clamp(0.0, 1.0));
+    crate::clock::before(facts.not_after, before.saturating_add(early))
 }
 
 /// The next step for what the Secret holds.
@@ -308,15 +309,94 @@ pub fn build_secret(
     cr: &CertificateRequest,
     data: BTreeMap<String, Vec<u8>>,
     spec_digest: &str,
+    follow_up: &FollowUp,
 ) -> Secret {
+    let mut annotations =
+        BTreeMap::from([(SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned())]);
+    if !follow_up.superseded.is_empty() {
+        let recorded: Vec<RecordedCertificate> = follow_up
+            .superseded
+            .iter()
+            .take(MAX_RECORDED_SUPERSEDED)
+            .map(|s| RecordedCertificate {
+                serial_number: s.serial_number.clone(),
+                not_after: s.not_after.as_ref().map(|t| t.0),
+            })
+            .collect();
+        annotations.insert(
+            SUPERSEDED_ANNOTATION.to_owned(),
+            serde_json::to_string(&recorded).expect("certificate records serialize"),
+        );
+    }
+    if let Some(stamp) = &follow_up.restart_for {
+        annotations.insert(RESTART_ANNOTATION.to_owned(), stamp.clone());
+    }
     crate::managed::owned_secret(
         cr,
         &cr.spec.destination,
         OWNER_LABEL,
-        BTreeMap::from([(SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned())]),
+        annotations,
         "kubernetes.io/tls".to_owned(),
         data,
     )
+}
+
+/// The certificates a new one replaced and that still await revocation, as JSON
+/// (`[{"serialNumber": …, "notAfter": …}]`), written with the new certificate so that the record
+/// survives a lost status write or an operator stop between the two.
+pub const SUPERSEDED_ANNOTATION: &str = "vaultkeeper.dev/superseded-certificates";
+/// The restart stamp the restart targets must reach for this certificate.
+pub const RESTART_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
+const MAX_RECORDED_SUPERSEDED: usize = 16;
+
+/// What must follow a freshly issued certificate, recorded on its Secret.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowUp {
+    /// Certificates to revoke once the restarted workloads rolled out (or at once without targets).
+    pub superseded: Vec<SupersededCertificate>,
+    /// The stamp the restart targets must get, when the issue calls for a restart.
+    pub restart_for: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordedCertificate {
+    serial_number: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_after: Option<Timestamp>,
+}
+
+/// The follow-up recorded on the Secret. A value that does not parse counts as not recorded.
+pub fn follow_up_on_secret(secret: &Secret) -> FollowUp {
+    let a = secret.annotations();
+    let superseded = a
+        .get(SUPERSEDED_ANNOTATION)
+        .and_then(|text| serde_json::from_str::<Vec<RecordedCertificate>>(text).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_RECORDED_SUPERSEDED)
+        .filter(|r| {
+            !r.serial_number.is_empty()
+                && r.serial_number.len() <= 64
+                && r.serial_number
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':')
+        })
+        .map(|r| SupersededCertificate {
+            serial_number: r.serial_number,
+            not_after: r.not_after.map(Time),
+            // Restarted workloads may still use it: the rollout is waited for again.
+            revoke_after: None,
+        })
+        .collect();
+    let restart_for = a
+        .get(RESTART_ANNOTATION)
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .cloned();
+    FollowUp {
+        superseded,
+        restart_for,
+    }
 }
 
 /// Whether the Secret's labels and annotations include what the spec asks for (else it is
@@ -333,10 +413,6 @@ pub fn metadata_current(secret: &Secret, cr: &CertificateRequest) -> bool {
 }
 
 pub use crate::managed::owned_by;
-
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
-}
 
 #[cfg(test)]
 mod tests {
@@ -556,6 +632,24 @@ mod tests {
     }
 
     #[test]
+    fn hand_edited_follow_up_counts_as_not_recorded() {
+        let mut secret = Secret::default();
+        secret.metadata.annotations = Some(BTreeMap::from([
+            (
+                SUPERSEDED_ANNOTATION.to_owned(),
+                r#"[{"serialNumber":"zz; rm"},{"serialNumber":""}]"#.to_owned(),
+            ),
+            (RESTART_ANNOTATION.to_owned(), "not a stamp".to_owned()),
+        ]));
+        assert_eq!(follow_up_on_secret(&secret), FollowUp::default());
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            SUPERSEDED_ANNOTATION.to_owned(),
+            "{{{".to_owned(),
+        )]));
+        assert_eq!(follow_up_on_secret(&secret), FollowUp::default());
+    }
+
+    #[test]
     fn stored_needs_a_certificate_and_a_key_and_compares_the_digest() {
         let (_, _, leaf) = chain();
         let c = cr();
@@ -563,14 +657,30 @@ mod tests {
             (TLS_CRT.to_owned(), leaf.into_bytes()),
             (TLS_KEY.to_owned(), b"KEY".to_vec()),
         ]);
-        let secret = build_secret(&c, data.clone(), "d1");
+        let follow_up = FollowUp {
+            superseded: vec![SupersededCertificate {
+                serial_number: "3a:1f:00".into(),
+                not_after: Some(Time(Timestamp::UNIX_EPOCH)),
+                revoke_after: None,
+            }],
+            restart_for: Some("00ff00ff00ff00ff".into()),
+        };
+        let secret = build_secret(&c, data.clone(), "d1", &follow_up);
+        assert_eq!(
+            follow_up_on_secret(&secret),
+            follow_up,
+            "the follow-up reads back"
+        );
         assert!(owned_by(&secret, &c));
         assert!(metadata_current(&secret, &c));
         assert!(stored(&secret, "d1").unwrap().matches_spec);
         assert!(!stored(&secret, "d2").unwrap().matches_spec);
         let mut no_key = data;
         no_key.remove(TLS_KEY);
-        assert_eq!(stored(&build_secret(&c, no_key, "d1"), "d1"), None);
+        assert_eq!(
+            stored(&build_secret(&c, no_key, "d1", &FollowUp::default()), "d1"),
+            None
+        );
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     }
 }

@@ -75,6 +75,12 @@ pub enum Error {
     Read(kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error(
+        "cannot revoke the certificates of this deleted resource: {0}; the finalizer stays until they are revoked"
+    )]
+    CleanupPlan(String),
+    #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -86,9 +92,10 @@ impl Error {
             }
             Self::Identity(IdentityError::Login { source, .. }) => report::vault_reason(source),
             Self::Identity(IdentityError::TokenRequest { .. }) => reasons::TOKEN_REQUEST_FAILED,
-            Self::InvalidSpec(_) | Self::Key(_) => reasons::INVALID_SPEC,
+            Self::InvalidSpec(_) | Self::Key(_) | Self::CleanupPlan(_) => reasons::INVALID_SPEC,
             Self::BadCertificate { .. } => reasons::VAULT_UNAVAILABLE,
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
+            Self::Panicked(_) => reasons::INTERNAL_ERROR,
             _ => reasons::KUBERNETES_ERROR,
         }
     }
@@ -111,6 +118,7 @@ pub async fn run(
         predicates::generation.combine(predicates::finalizers),
         reconcile,
         waits_for_change,
+        Error::Panicked,
     )
     .await;
 }
@@ -130,7 +138,13 @@ async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Act
         FINALIZER,
         cr,
         |cr| async move { apply(&cr, ctx).await },
-        |cr| async move { cleanup(&cr, ctx).await },
+        |cr| async move {
+            let result = cleanup(&cr, ctx).await;
+            if let Err(err) = &result {
+                report_cleanup_failure(&cr, ctx, err).await;
+            }
+            result
+        },
         Error::Finalizer,
     )
     .await
@@ -161,6 +175,12 @@ async fn apply(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> 
         .map(|s| (*s).clone());
     // The Secret is written before the status. When they disagree one cache lags behind our own
     // writes: read both from the API server rather than issue again.
+    if secret.is_none() {
+        // The cache holds managed Secrets only: a Secret of the same name that vaultkeeper does not
+        // manage must be found before a certificate is issued for it, and refused.
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secret = secrets.get_opt(dest).await.map_err(Error::Read)?;
+    }
     let in_status = cr.status.as_ref().and_then(|s| s.serial_number.clone());
     let fresh;
     let cr = if in_status.is_some() && serial_on(secret.as_ref()) != in_status {
@@ -270,6 +290,47 @@ async fn sync(
         return Err(Error::SecretConflict { name: dest.clone() });
     }
     let mut status = cr.status.clone().unwrap_or_default();
+    let on_secret = serial_on(secret);
+    // The status names another certificate than the Secret: the status write after the last issue
+    // was lost, or the operator stopped in between. The Secret's record is the truth, and what it
+    // says must follow (superseded certificates to revoke, the restart) is taken up again.
+    if let (Some(s), Some(serial)) = (secret, &on_secret)
+        && status.serial_number.as_ref() != Some(serial)
+    {
+        let follow_up = desired::follow_up_on_secret(s);
+        for old in follow_up.superseded {
+            if old.serial_number != *serial
+                && !status
+                    .superseded
+                    .iter()
+                    .any(|s| s.serial_number == old.serial_number)
+            {
+                status.superseded.push(old);
+            }
+        }
+        if let Some(stamp) = follow_up.restart_for
+            && !cr.spec.restart_targets.is_empty()
+            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
+        {
+            status.pending_restart = Some(restart::schedule(
+                status.pending_restart.as_ref(),
+                stamp,
+                now,
+                Duration::ZERO,
+            ));
+        }
+        // What the status said was current is superseded by what the Secret holds.
+        if let Some(old) = status.serial_number.clone()
+            && cr.spec.revoke_superseded
+            && !status.superseded.iter().any(|s| s.serial_number == old)
+        {
+            status.superseded.push(SupersededCertificate {
+                serial_number: old,
+                not_after: status.not_after.clone(),
+                revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
+            });
+        }
+    }
     let stored = secret.and_then(|s| desired::stored(s, &plan.spec_digest));
     let jitter = desired::jitter_of(&cr.uid().unwrap_or_default());
     let step = desired::next_step(stored.as_ref(), plan.renew_before, jitter, now);
@@ -285,7 +346,8 @@ async fn sync(
                     .into_iter()
                     .map(|(k, v)| (k, v.0))
                     .collect();
-                write_secret(ctx, cr, data, &plan.spec_digest).await?;
+                let follow_up = desired::follow_up_on_secret(secret);
+                write_secret(ctx, cr, data, &plan.spec_digest, &follow_up).await?;
             }
             issuing_note = (
                 reasons::CERTIFICATE_VALID,
@@ -301,28 +363,31 @@ async fn sync(
                 Step::Issue(reason) => reason,
                 Step::Keep(_) => desired::IssueReason::Missing,
             };
-            let (data, facts) = issue(cr, ctx, &plan, client, secret).await?;
-            let hmac = data_hmac(&ctx.hmac_key, &data);
+            // What must follow the new certificate is decided first and written with it.
             let previous = status
                 .serial_number
                 .clone()
-                .or_else(|| stored.as_ref().map(|s| s.facts.serial.clone()))
-                .filter(|old| *old != facts.serial);
+                .or_else(|| stored.as_ref().map(|s| s.facts.serial.clone()));
+            let mut superseded = status.superseded.clone();
             if let Some(old) = &previous
                 && cr.spec.revoke_superseded
-                && !status.superseded.iter().any(|s| s.serial_number == *old)
+                && !superseded.iter().any(|s| s.serial_number == *old)
             {
                 let not_after = status
                     .not_after
                     .clone()
                     .or_else(|| stored.as_ref().map(|s| Time(s.facts.not_after)));
-                status.superseded.push(SupersededCertificate {
+                superseded.push(SupersededCertificate {
                     serial_number: old.clone(),
                     not_after,
                     revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
                 });
             }
-            if previous.is_some() && !cr.spec.restart_targets.is_empty() {
+            let restart = previous.is_some() && !cr.spec.restart_targets.is_empty();
+            let (facts, hmac) =
+                issue(cr, ctx, &plan, client, secret, superseded.clone(), restart).await?;
+            status.superseded = superseded;
+            if restart {
                 // A replaced certificate is one event: no debounce, the rollout gate still holds.
                 status.pending_restart = Some(restart::schedule(
                     status.pending_restart.as_ref(),
@@ -382,7 +447,8 @@ async fn sync(
         )
         .await;
     }
-    let retire_wake = retire(cr, ctx, &plan, client, &mut status, now).await;
+    // Waiting for the rollout is bounded from the moment the current certificate was made.
+    let retire_wake = retire(cr, ctx, &plan, client, &mut status, facts.not_before, now).await;
 
     ctx.metrics.certificate(
         &namespace,
@@ -437,15 +503,19 @@ fn vault_path(cr: &CertificateRequest) -> String {
     format!("{}/{verb}/{}", cr.spec.mount, cr.spec.role)
 }
 
-/// Gets a certificate from Vault and writes it to the Secret. In `sign` mode the key is made here
-/// (or, with rotationPolicy Never, read back from the Secret) and only a CSR is sent.
+/// Gets a certificate from Vault and writes it to the Secret, with `superseded` and (when
+/// `restart`) the restart stamp recorded in the same apply; returns its facts and data HMAC.
+/// In `sign` mode the key is made here (or, with rotationPolicy Never, read back from the
+/// Secret) and only a CSR is sent.
 async fn issue(
     cr: &CertificateRequest,
     ctx: &Context,
     plan: &Plan,
     client: &VaultClient,
     secret: Option<&Secret>,
-) -> Result<(BTreeMap<String, Vec<u8>>, CertFacts), Error> {
+    superseded: Vec<SupersededCertificate>,
+    restart: bool,
+) -> Result<(CertFacts, String), Error> {
     let mount = cr.spec.mount.as_str();
     let role = cr.spec.role.as_str();
     let path = vault_path(cr);
@@ -498,7 +568,12 @@ async fn issue(
     let data = desired::tls_data(&cert, &key_pem);
     let facts = desired::cert_facts(&data[desired::TLS_CRT])
         .ok_or_else(|| Error::BadCertificate { path: path.clone() })?;
-    if let Err(err) = write_secret(ctx, cr, data.clone(), &plan.spec_digest).await {
+    let hmac = data_hmac(&ctx.hmac_key, &data);
+    let follow_up = desired::FollowUp {
+        superseded,
+        restart_for: restart.then(|| restart::stamp_of(&hmac)),
+    };
+    if let Err(err) = write_secret(ctx, cr, data, &plan.spec_digest, &follow_up).await {
         // Nobody can use a certificate that was not written: revoke it rather than leave it valid.
         let serial = cert.serial_number.as_str();
         let revoked = ctx
@@ -516,7 +591,7 @@ async fn issue(
         return Err(err);
     }
     tracing::info!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), serial = %facts.serial, not_after = %facts.not_after, "issued certificate");
-    Ok((data, facts))
+    Ok((facts, hmac))
 }
 
 async fn write_secret(
@@ -524,8 +599,9 @@ async fn write_secret(
     cr: &CertificateRequest,
     data: BTreeMap<String, Vec<u8>>,
     spec_digest: &str,
+    follow_up: &desired::FollowUp,
 ) -> Result<(), Error> {
-    let secret = desired::build_secret(cr, data, spec_digest);
+    let secret = desired::build_secret(cr, data, spec_digest, follow_up);
     let name = cr.spec.destination.name.clone();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     api.patch(
@@ -547,6 +623,7 @@ async fn retire(
     plan: &Plan,
     client: &VaultClient,
     status: &mut CertificateRequestStatus,
+    since: Timestamp,
     now: Timestamp,
 ) -> Option<Timestamp> {
     if status.superseded.is_empty() {
@@ -562,17 +639,27 @@ async fn retire(
         }
         if old.revoke_after.is_none() {
             if rolled_out.is_none() {
-                let mut done = status.pending_restart.is_none();
-                for target in &cr.spec.restart_targets {
-                    if !done {
-                        break;
-                    }
-                    done = matches!(
-                        restart::rollout_done(&ctx.client, &namespace, target).await,
-                        Ok(true)
-                    );
+                let state = restart::rollouts(
+                    &ctx.client,
+                    &namespace,
+                    &cr.spec.restart_targets,
+                    status.pending_restart.is_some(),
+                    since,
+                    ctx.restarts.rollout_timeout,
+                    now,
+                )
+                .await;
+                if let restart::Rollouts::GaveUp(why) = &state {
+                    publish(
+                        ctx,
+                        cr,
+                        EventType::Warning,
+                        reasons::ROLLOUT_NOT_FINISHED,
+                        format!("{why}; the superseded certificate is revoked anyway"),
+                    )
+                    .await;
                 }
-                rolled_out = Some(done);
+                rolled_out = Some(state != restart::Rollouts::Running);
             }
             if rolled_out == Some(true) {
                 old.revoke_after = Some(Time(now));
@@ -625,6 +712,31 @@ async fn retire(
     next
 }
 
+/// A deletion whose revocation failed says so in `Ready` (and an Event) while the finalizer stays.
+async fn report_cleanup_failure(cr: &CertificateRequest, ctx: &Context, err: &Error) {
+    let status = cr.status.clone().unwrap_or_default();
+    let message = format!("deleting: {err}");
+    let new_status = CertificateRequestStatus {
+        conditions: conditions::set(
+            &status.conditions,
+            Desired {
+                type_: condition_types::READY,
+                status: false,
+                reason: err.reason(),
+                message: message.clone(),
+            },
+            cr.metadata.generation,
+            &Time(Timestamp::now()),
+        ),
+        ..status.clone()
+    };
+    if let Err(patch) = patch_status(cr, ctx, &status, new_status).await {
+        tracing::debug!(error = %patch, "failed to report a failed revocation");
+    }
+    publish(ctx, cr, EventType::Warning, err.reason(), message).await;
+    tracing::warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, "revocation on delete failed; retrying");
+}
+
 /// Revokes the current and superseded certificates when `revokeOnDelete` is set.
 async fn cleanup(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> {
     let namespace = cr.namespace().unwrap_or_default();
@@ -638,20 +750,27 @@ async fn cleanup(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error
         .iter()
         .map(|s| s.serial_number.clone())
         .collect();
-    let current = status.serial_number.clone().or_else(|| {
-        let secret = ctx
-            .cert_secrets
-            .get(&ObjectRef::new(&cr.spec.destination.name).within(&namespace));
-        serial_on(secret.as_deref())
-    });
-    serials.extend(current);
+    let secret = ctx
+        .cert_secrets
+        .get(&ObjectRef::new(&cr.spec.destination.name).within(&namespace));
+    // The Secret's record covers a status write that was lost.
+    let on_secret = secret.as_deref().map(desired::follow_up_on_secret);
+    serials.extend(
+        on_secret
+            .into_iter()
+            .flat_map(|f| f.superseded)
+            .map(|s| s.serial_number),
+    );
+    serials.extend(status.serial_number.clone());
+    serials.extend(serial_on(secret.as_deref()));
+    serials.sort();
+    serials.dedup();
     if serials.is_empty() {
         return Ok(Action::await_change());
     }
-    // Nothing can be revoked through a connection or identity that does not exist.
-    let Ok(plan) = plan_of(cr, ctx) else {
-        return Ok(Action::await_change());
-    };
+    // A plan that fails (its connection was removed from the operator's configuration) keeps the
+    // finalizer: the certificates are still valid. The error is retried with backoff.
+    let plan = plan_of(cr, ctx).map_err(|e| Error::CleanupPlan(e.to_string()))?;
     let client = &ctx
         .identities
         .connection(&plan.identity.connection)

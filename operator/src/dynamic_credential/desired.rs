@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crds::v1alpha1::DynamicCredential;
+use crds::v1alpha1::{DynamicCredential, RetiringLease};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -21,6 +21,15 @@ pub const LEASE_TTL_ANNOTATION: &str = "vaultkeeper.dev/lease-ttl-seconds";
 pub const LEASE_TOKEN_ANNOTATION: &str = "vaultkeeper.dev/lease-token-accessor";
 /// Digest of the spec fields that define the credential; a change means a new credential.
 pub const SPEC_DIGEST_ANNOTATION: &str = "vaultkeeper.dev/credential-spec";
+/// The leases this credential replaced and that still await revocation, as JSON
+/// (`[{"leaseId": …, "expiryTime": …}]`), written with the new credential so that the record
+/// survives a lost status write or an operator stop between the two.
+pub const RETIRING_ANNOTATION: &str = "vaultkeeper.dev/retiring-leases";
+/// The restart stamp the restart targets must reach for this credential, written with it when its
+/// issue calls for a restart (rotation or spec change).
+pub const RESTART_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
+/// At most this many retiring leases are recorded on the Secret.
+const MAX_RECORDED_RETIRING: usize = 16;
 /// Label on the Secret: the DynamicCredential that owns it.
 pub const OWNER_LABEL: &str = "vaultkeeper.dev/dynamiccredential";
 
@@ -107,14 +116,67 @@ pub fn lease_on_secret(secret: &Secret) -> Option<(String, Timestamp, Duration, 
     ))
 }
 
-/// The whole Secret for a freshly issued lease.
+/// Whether the Secret carries a lease ID whose other annotations do not parse (edited by hand):
+/// the record is then ignored, and a condition says so.
+pub fn lease_record_invalid(secret: &Secret) -> bool {
+    secret.annotations().contains_key(LEASE_ID_ANNOTATION) && lease_on_secret(secret).is_none()
+}
+
+/// What must follow a freshly issued credential, recorded on its Secret.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowUp {
+    /// Leases to revoke once the restarted workloads rolled out (or at once without targets).
+    pub retiring: Vec<RetiringLease>,
+    /// The stamp the restart targets must get, when the issue calls for a restart.
+    pub restart_for: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordedLease {
+    lease_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expiry_time: Option<Timestamp>,
+}
+
+/// The follow-up recorded on the Secret. A value that does not parse counts as not recorded.
+pub fn follow_up_on_secret(secret: &Secret) -> FollowUp {
+    let a = secret.annotations();
+    let retiring = a
+        .get(RETIRING_ANNOTATION)
+        .and_then(|text| serde_json::from_str::<Vec<RecordedLease>>(text).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .take(MAX_RECORDED_RETIRING)
+        .filter(|r| !r.lease_id.is_empty())
+        .map(|r| RetiringLease {
+            lease_id: r.lease_id,
+            expiry_time: r
+                .expiry_time
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            // Restarted workloads may still use it: the rollout is waited for again.
+            revoke_after: None,
+        })
+        .collect();
+    let restart_for = a
+        .get(RESTART_ANNOTATION)
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .cloned();
+    FollowUp {
+        retiring,
+        restart_for,
+    }
+}
+
+/// The whole Secret for a freshly issued lease, with what must follow it.
 pub fn build_secret(
     dc: &DynamicCredential,
     data: BTreeMap<String, Vec<u8>>,
     lease: &LeaseRecord,
     spec_digest: &str,
+    follow_up: &FollowUp,
 ) -> Secret {
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (LEASE_ID_ANNOTATION.to_owned(), lease.id.clone()),
         (LEASE_ISSUED_ANNOTATION.to_owned(), lease.issued.to_string()),
         (
@@ -127,6 +189,24 @@ pub fn build_secret(
         ),
         (SPEC_DIGEST_ANNOTATION.to_owned(), spec_digest.to_owned()),
     ]);
+    if !follow_up.retiring.is_empty() {
+        let recorded: Vec<RecordedLease> = follow_up
+            .retiring
+            .iter()
+            .take(MAX_RECORDED_RETIRING)
+            .map(|r| RecordedLease {
+                lease_id: r.lease_id.clone(),
+                expiry_time: r.expiry_time.as_ref().map(|t| t.0),
+            })
+            .collect();
+        annotations.insert(
+            RETIRING_ANNOTATION.to_owned(),
+            serde_json::to_string(&recorded).expect("lease records serialize"),
+        );
+    }
+    if let Some(stamp) = &follow_up.restart_for {
+        annotations.insert(RESTART_ANNOTATION.to_owned(), stamp.clone());
+    }
     let dest = &dc.spec.destination;
     crate::managed::owned_secret(
         dc,
@@ -232,12 +312,27 @@ mod tests {
             hard_end: None,
             token_accessor: "acc".into(),
         };
+        let follow_up = FollowUp {
+            retiring: vec![RetiringLease {
+                lease_id: "database/creds/app/old".into(),
+                expiry_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(issued)),
+                revoke_after: None,
+            }],
+            restart_for: Some("0123456789abcdef".into()),
+        };
         let secret = build_secret(
             &d,
             BTreeMap::from([("username".into(), b"u".to_vec())]),
             &lease,
             "abcd",
+            &follow_up,
         );
+        assert_eq!(
+            follow_up_on_secret(&secret),
+            follow_up,
+            "the follow-up reads back"
+        );
+        assert!(!lease_record_invalid(&secret));
         assert!(owned_by(&secret, &d));
         assert_eq!(
             lease_on_secret(&secret),
@@ -250,6 +345,27 @@ mod tests {
                 .map(String::as_str),
             Some("vaultkeeper")
         );
+    }
+
+    #[test]
+    fn hand_edited_records_count_as_not_recorded() {
+        let mut secret = Secret::default();
+        secret.metadata.annotations = Some(BTreeMap::from([
+            (
+                LEASE_ID_ANNOTATION.to_owned(),
+                "database/creds/app/x".to_owned(),
+            ),
+            (LEASE_ISSUED_ANNOTATION.to_owned(), "yesterday".to_owned()),
+            (LEASE_TTL_ANNOTATION.to_owned(), "-1".to_owned()),
+            (
+                RETIRING_ANNOTATION.to_owned(),
+                "[{\"leaseId\": 7}]".to_owned(),
+            ),
+            (RESTART_ANNOTATION.to_owned(), "$(rm -rf /)".to_owned()),
+        ]));
+        assert_eq!(lease_on_secret(&secret), None);
+        assert!(lease_record_invalid(&secret));
+        assert_eq!(follow_up_on_secret(&secret), FollowUp::default());
     }
 
     #[test]

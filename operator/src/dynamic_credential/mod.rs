@@ -77,6 +77,12 @@ pub enum Error {
     Read(kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error(
+        "cannot revoke the leases of this deleted resource: {0}; the finalizer stays until they are revoked"
+    )]
+    CleanupPlan(String),
+    #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -96,11 +102,12 @@ impl Error {
             return report::vault_reason(e);
         }
         match self {
-            Self::InvalidSpec(_) | Self::Render(_) => reasons::INVALID_SPEC,
+            Self::InvalidSpec(_) | Self::Render(_) | Self::CleanupPlan(_) => reasons::INVALID_SPEC,
             Self::Token(LeaseTokenError::Identity(IdentityError::TokenRequest { .. })) => {
                 reasons::TOKEN_REQUEST_FAILED
             }
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
+            Self::Panicked(_) => reasons::INTERNAL_ERROR,
             _ => reasons::KUBERNETES_ERROR,
         }
     }
@@ -123,6 +130,7 @@ pub async fn run(
         predicates::generation.combine(predicates::finalizers),
         reconcile,
         waits_for_change,
+        Error::Panicked,
     )
     .await;
 }
@@ -142,7 +150,13 @@ async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Acti
         FINALIZER,
         dc,
         |dc| async move { apply(&dc, ctx).await },
-        |dc| async move { cleanup(&dc, ctx).await },
+        |dc| async move {
+            let result = cleanup(&dc, ctx).await;
+            if let Err(err) = &result {
+                report_cleanup_failure(&dc, ctx, err).await;
+            }
+            result
+        },
         Error::Finalizer,
     )
     .await
@@ -159,7 +173,7 @@ fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<Lea
                 id: sid,
                 issued,
                 duration,
-                expires: issued + signed(duration),
+                expires: crate::clock::after(issued, duration),
                 hard_end: None,
                 token_accessor,
             })
@@ -167,7 +181,10 @@ fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<Lea
         (Some(id), secret_lease) => {
             let token_accessor = secret_lease.map(|(.., acc)| acc).unwrap_or_default();
             let issued = status.issue_time.map(|t| t.0)?;
-            let duration = Duration::from_secs(status.lease_duration_seconds.unwrap_or(0) as u64);
+            let duration = status
+                .lease_duration_seconds
+                .and_then(crate::clock::seconds)
+                .unwrap_or_default();
             Some(LeaseRecord {
                 id,
                 issued,
@@ -181,7 +198,7 @@ fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<Lea
             id,
             issued,
             duration,
-            expires: issued + signed(duration),
+            expires: crate::clock::after(issued, duration),
             hard_end: None,
             token_accessor,
         }),
@@ -207,6 +224,12 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
         .map(|s| (*s).clone());
     // Right after our own writes the caches may lag (the Secret is written before the status);
     // read both from the API server rather than mistake that for a lost Secret.
+    if secret.is_none() {
+        // The cache holds managed Secrets only: a Secret of the same name that vaultkeeper does not
+        // manage must be found before a credential is issued for it, and refused.
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+        secret = secrets.get_opt(dest).await.map_err(Error::Read)?;
+    }
     let fresh;
     let dc = if lease_mismatch(dc, secret.as_ref()) {
         let api: Api<DynamicCredential> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -297,7 +320,38 @@ async fn sync(
     let mut status = dc.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let lease = recorded_lease(dc, secret);
-    // A status lease the Secret no longer carries (our status write was lost) is retired.
+    let record_invalid = secret.is_some_and(desired::lease_record_invalid);
+    // The status names another lease than the Secret: the status write after the last issue was
+    // lost, or the operator stopped in between. The Secret's record is the truth, and what it says
+    // must follow (the replaced leases to revoke after the rollout, the restart) is taken up again.
+    if let Some(s) = secret
+        && let Some((secret_lease, ..)) = desired::lease_on_secret(s)
+        && status.lease_id.as_ref() != Some(&secret_lease)
+    {
+        let follow_up = desired::follow_up_on_secret(s);
+        for retiring in follow_up.retiring {
+            if retiring.lease_id != secret_lease
+                && !status
+                    .retiring_leases
+                    .iter()
+                    .any(|r| r.lease_id == retiring.lease_id)
+            {
+                status.retiring_leases.push(retiring);
+            }
+        }
+        if let Some(stamp) = follow_up.restart_for
+            && !dc.spec.restart_targets.is_empty()
+            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
+        {
+            status.pending_restart = Some(restart::schedule(
+                status.pending_restart.as_ref(),
+                stamp,
+                now,
+                Duration::ZERO,
+            ));
+        }
+    }
+    // A status lease the Secret no longer carries and did not record as retiring is retired.
     if let (Some(l), Some(old)) = (&lease, status.lease_id.clone())
         && l.id != old
         && !status.retiring_leases.iter().any(|r| r.lease_id == old)
@@ -305,7 +359,7 @@ async fn sync(
         status.retiring_leases.push(RetiringLease {
             lease_id: old,
             expiry_time: status.expiry_time.clone(),
-            revoke_after: Some(Time(now + signed(plan.grace))),
+            revoke_after: Some(Time(crate::clock::after(now, plan.grace))),
         });
     }
     let secret_holds_lease = match (&lease, secret.and_then(desired::lease_on_secret)) {
@@ -333,6 +387,9 @@ async fn sync(
         timing,
         now,
     );
+    if step == Step::Issue(IssueReason::SecretLost) && record_invalid {
+        step = Step::Issue(IssueReason::RecordInvalid);
+    }
     let mut renewal_note = None;
     let mut current = lease.clone();
     if step == Step::Renew {
@@ -364,18 +421,25 @@ async fn sync(
     }
 
     if let Step::Issue(reason) = step {
-        let issued = issue(dc, ctx, &plan, client, &token, now).await?;
-        let old = lease.filter(|l| l.id != issued.record.id);
+        // What must follow the new credential is decided first and written with it.
+        let old = lease.clone();
+        let mut retiring = status.retiring_leases.clone();
         if let Some(old) = &old
             && reason != IssueReason::LeaseLost
+            && !retiring.iter().any(|r| r.lease_id == old.id)
         {
             let wait_for_rollout = !dc.spec.restart_targets.is_empty();
-            status.retiring_leases.push(RetiringLease {
+            retiring.push(RetiringLease {
                 lease_id: old.id.clone(),
                 expiry_time: Some(Time(old.expires)),
-                revoke_after: (!wait_for_rollout).then(|| Time(now + signed(plan.grace))),
+                revoke_after: (!wait_for_rollout)
+                    .then(|| Time(crate::clock::after(now, plan.grace))),
             });
         }
+        let restart = (old.is_some() || reason == IssueReason::SpecChanged)
+            && !dc.spec.restart_targets.is_empty();
+        let issued = issue(dc, ctx, &plan, client, &token, now, &retiring, restart).await?;
+        status.retiring_leases = retiring;
         if old.is_some() {
             status.last_rotation_time = Some(Time(now));
         }
@@ -406,9 +470,7 @@ async fn sync(
             ),
         )
         .await;
-        if (old.is_some() || reason == IssueReason::SpecChanged)
-            && !dc.spec.restart_targets.is_empty()
-        {
+        if restart {
             // A rotation is one event and the old credential's time is limited: no debounce.
             status.pending_restart = Some(restart::schedule(
                 status.pending_restart.as_ref(),
@@ -451,7 +513,9 @@ async fn sync(
         .await;
     }
 
-    let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, now).await;
+    // Waiting for the rollout is bounded from the moment the current credential was written.
+    let since = current.as_ref().map_or(now, |l| l.issued);
+    let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, since, now).await;
     if let Some(l) = &current {
         // A lease read back from the Secret alone: put its facts in the status.
         write_lease_status(&mut status, l);
@@ -549,7 +613,8 @@ async fn sync(
 fn write_lease_status(status: &mut DynamicCredentialStatus, lease: &LeaseRecord) {
     status.lease_id = Some(lease.id.clone());
     status.issue_time = Some(Time(lease.issued));
-    status.lease_duration_seconds = Some(lease.duration.as_secs() as i64);
+    status.lease_duration_seconds =
+        Some(i64::try_from(lease.duration.as_secs()).unwrap_or(i64::MAX));
     status.expiry_time = Some(Time(lease.expires));
     status.max_expiry_time = lease.hard_end.map(Time);
 }
@@ -580,7 +645,7 @@ async fn renew(
     let increment = lease.duration.max(Duration::from_secs(60));
     match client.renew_lease(&token.token, &lease.id, increment).await {
         Ok(renewal) => {
-            let expires = now + signed(renewal.lease.duration);
+            let expires = crate::clock::after(now, renewal.lease.duration);
             Ok(Some(LeaseRecord {
                 duration: if renewal.capped {
                     lease.duration
@@ -606,6 +671,11 @@ struct Issued {
     hmac: String,
 }
 
+/// Issues a credential and writes it, with `retiring` and (when `restart`) the restart stamp
+/// recorded on the Secret in the same apply. A credential that cannot be rendered or written is
+/// revoked at once, so it never leaks.
+// The follow-up (retiring, restart) is part of the one write; naming them at the call reads best.
+#[allow(clippy::too_many_arguments)]
 async fn issue(
     dc: &DynamicCredential,
     ctx: &Context,
@@ -613,6 +683,8 @@ async fn issue(
     client: &VaultClient,
     token: &LeaseToken,
     now: Timestamp,
+    retiring: &[RetiringLease],
+    restart: bool,
 ) -> Result<Issued, Error> {
     let leased = client
         .issue_leased(&token.token, &plan.path, plan.body.as_ref())
@@ -625,14 +697,25 @@ async fn issue(
         id: leased.lease.id.clone(),
         issued: now,
         duration: leased.lease.duration,
-        expires: now + signed(leased.lease.duration),
-        hard_end: (!leased.lease.renewable).then(|| now + signed(leased.lease.duration)),
+        expires: crate::clock::after(now, leased.lease.duration),
+        hard_end: (!leased.lease.renewable)
+            .then(|| crate::clock::after(now, leased.lease.duration)),
         token_accessor: token.accessor.clone(),
     };
-    let templated = template::render(&dc.spec.destination.templates, &leased.data)?;
+    let templated = match template::render(&dc.spec.destination.templates, &leased.data) {
+        Ok(templated) => templated,
+        Err(err) => {
+            revoke_unused(client, token, &record.id).await;
+            return Err(Error::Render(err));
+        }
+    };
     let data = crate::vault_secret::desired::secret_data(leased.data.to_text_map(), templated);
     let hmac = data_hmac(&ctx.hmac_key, &data);
-    let secret = desired::build_secret(dc, data, &record, &plan.spec_digest);
+    let follow_up = desired::FollowUp {
+        retiring: retiring.to_vec(),
+        restart_for: restart.then(|| restart::stamp_of(&hmac)),
+    };
+    let secret = desired::build_secret(dc, data, &record, &plan.spec_digest, &follow_up);
     let name = dc.spec.destination.name.clone();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &dc.namespace().unwrap_or_default());
     if let Err(source) = api
@@ -643,10 +726,7 @@ async fn issue(
         )
         .await
     {
-        // The credential exists in Vault but nobody can use it: revoke it rather than leak it.
-        if let Err(err) = client.revoke_lease(&token.token, &record.id).await {
-            tracing::warn!(lease_id = %record.id, error = %err, "failed to revoke a credential that could not be written");
-        }
+        revoke_unused(client, token, &record.id).await;
         return Err(Error::ApplySecret { name, source });
     }
     ctx.metrics.kube_write("secret");
@@ -654,8 +734,17 @@ async fn issue(
     Ok(Issued { record, hmac })
 }
 
+/// Revokes a credential that exists in Vault but that nobody can use, rather than leak it.
+async fn revoke_unused(client: &VaultClient, token: &LeaseToken, lease_id: &str) {
+    if let Err(err) = client.revoke_lease(&token.token, lease_id).await {
+        tracing::warn!(%lease_id, error = %err, "failed to revoke a credential that could not be written");
+    }
+}
+
 /// Moves retiring leases along: once every target rolled out, the grace period starts; after it,
 /// the lease is revoked. Returns when to look again, if anything is pending.
+// Each argument is a distinct input of the revocation step; `since` bounds the rollout wait.
+#[allow(clippy::too_many_arguments)]
 async fn retire(
     dc: &DynamicCredential,
     ctx: &Context,
@@ -663,6 +752,7 @@ async fn retire(
     token: &LeaseToken,
     plan: &Plan,
     status: &mut DynamicCredentialStatus,
+    since: Timestamp,
     now: Timestamp,
 ) -> Option<Timestamp> {
     if status.retiring_leases.is_empty() {
@@ -677,26 +767,33 @@ async fn retire(
             continue; // expired on its own
         }
         if retiring.revoke_after.is_none() {
-            // The restart has not even been stamped yet: the workloads still use this lease.
-            if status.pending_restart.is_some() {
-                rolled_out = Some(false);
-            }
             if rolled_out.is_none() {
-                let mut done = true;
-                for target in &dc.spec.restart_targets {
-                    match restart::rollout_done(&ctx.client, &namespace, target).await {
-                        Ok(true) => {}
-                        Ok(false) => done = false,
-                        Err(err) => {
-                            tracing::debug!(error = %err, "failed to read a restart target");
-                            done = false;
-                        }
-                    }
+                let state = restart::rollouts(
+                    &ctx.client,
+                    &namespace,
+                    &dc.spec.restart_targets,
+                    status.pending_restart.is_some(),
+                    since,
+                    ctx.restarts.rollout_timeout,
+                    now,
+                )
+                .await;
+                if let restart::Rollouts::GaveUp(why) = &state {
+                    publish(
+                        ctx,
+                        dc,
+                        EventType::Warning,
+                        reasons::ROLLOUT_NOT_FINISHED,
+                        format!(
+                            "{why}; the previous lease is revoked after the grace period anyway"
+                        ),
+                    )
+                    .await;
                 }
-                rolled_out = Some(done);
+                rolled_out = Some(state != restart::Rollouts::Running);
             }
             if rolled_out == Some(true) {
-                retiring.revoke_after = Some(Time(now + signed(plan.grace)));
+                retiring.revoke_after = Some(Time(crate::clock::after(now, plan.grace)));
             } else {
                 next = Some(next.map_or(now + SignedDuration::from_secs(2), |n| {
                     n.min(now + SignedDuration::from_secs(2))
@@ -736,6 +833,31 @@ async fn retire(
     next
 }
 
+/// A deletion whose revocation failed says so in `Ready` (and an Event) while the finalizer stays.
+async fn report_cleanup_failure(dc: &DynamicCredential, ctx: &Context, err: &Error) {
+    let status = dc.status.clone().unwrap_or_default();
+    let message = format!("deleting: {err}");
+    let new_status = DynamicCredentialStatus {
+        conditions: conditions::set(
+            &status.conditions,
+            Desired {
+                type_: condition_types::READY,
+                status: false,
+                reason: err.reason(),
+                message: message.clone(),
+            },
+            dc.metadata.generation,
+            &Time(Timestamp::now()),
+        ),
+        ..status.clone()
+    };
+    if let Err(patch) = patch_status(dc, ctx, &status, new_status).await {
+        tracing::debug!(error = %patch, "failed to report a failed revocation");
+    }
+    publish(ctx, dc, EventType::Warning, err.reason(), message).await;
+    tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), error = %err, "revocation on delete failed; retrying");
+}
+
 /// Revokes the current and retiring leases when `revokeOnDelete` is set.
 async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
     if !dc.spec.revoke_on_delete {
@@ -751,15 +873,14 @@ async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error>
     if leases.is_empty() {
         return Ok(Action::await_change());
     }
-    let plan = match desired::plan(dc, |name| {
+    // A plan that fails (its connection was removed from the operator's configuration) keeps the
+    // finalizer: the leases are still live in Vault. The error is retried with backoff.
+    let plan = desired::plan(dc, |name| {
         ctx.identities
             .connection(name)
             .map(|c| c.auth_mount.clone())
-    }) {
-        Ok(plan) => plan,
-        // Nothing can be revoked through a connection that does not exist.
-        Err(_) => return Ok(Action::await_change()),
-    };
+    })
+    .map_err(Error::CleanupPlan)?;
     let client = &ctx
         .identities
         .connection(&plan.identity.connection)
@@ -798,8 +919,4 @@ async fn publish(
     note: String,
 ) {
     report::publish(ctx, dc, type_, reason, "Lease", note).await;
-}
-
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 
 /// The lease behind the Secret, as recorded in the Secret's annotations and the CR's status.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +41,8 @@ pub enum IssueReason {
     TokenEnds,
     /// The lease expired or was revoked outside vaultkeeper.
     LeaseLost,
+    /// The Secret's lease annotations were edited and no longer parse: the record is ignored.
+    RecordInvalid,
 }
 
 impl IssueReason {
@@ -54,6 +56,9 @@ impl IssueReason {
                 "the Vault token that issued the lease ends before the lease would; rotated early"
             }
             Self::LeaseLost => "the lease expired or was revoked outside vaultkeeper",
+            Self::RecordInvalid => {
+                "the lease annotations on the Secret were changed and do not parse; the record was ignored"
+            }
         }
     }
 }
@@ -119,14 +124,22 @@ pub fn next_step(
 /// `renewAtPercent` (± up to 3 points of jitter) of the TTL granted at the last renewal.
 pub fn renew_time(lease: &LeaseRecord, timing: Timing) -> Timestamp {
     let percent = (f64::from(timing.renew_at_percent) + 3.0 * timing.jitter).clamp(5.0, 95.0);
-    let left = lease.duration.mul_f64(1.0 - percent / 100.0);
-    lease.expires - signed(left)
+    let left = crate::clock::scale(lease.duration, 1.0 - percent / 100.0);
+    crate::clock::before(lease.expires, left)
 }
 
 /// `rotateAtPercent` of the lease's whole life, issue to hard end.
 pub fn rotate_time(issued: Timestamp, hard_end: Timestamp, percent: i32) -> Timestamp {
     let life = hard_end.duration_since(issued);
-    issued + life * percent.clamp(1, 100) / 100
+    let life = if life.is_negative() {
+        Duration::ZERO
+    } else {
+        life.unsigned_abs()
+    };
+    crate::clock::after(
+        issued,
+        crate::clock::fraction(life, percent.clamp(1, 100).unsigned_abs(), 100),
+    )
 }
 
 /// A stable value in [-1, 1) from an object's UID.
@@ -135,10 +148,6 @@ pub fn jitter_of(uid: &str) -> f64 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     (hash % 2000) as f64 / 1000.0 - 1.0
-}
-
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use kube::{Api, ResourceExt};
 use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
 
 use crate::conditions::{self, Desired};
-use crate::context::{Context, jitter};
+use crate::context::Context;
 use crate::identity::{IdentityError, IdentityKey};
 use crate::report;
 use crate::restart;
@@ -68,6 +68,8 @@ pub enum Error {
     PatchStatus(kube::Error),
     #[error("failed to read the VaultSecret: {0}")]
     ReadResource(kube::Error),
+    #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -85,6 +87,7 @@ impl Error {
             | Self::ApplySecret { .. }
             | Self::PatchStatus(_)
             | Self::ReadResource(_) => reasons::KUBERNETES_ERROR,
+            Self::Panicked(_) => reasons::INTERNAL_ERROR,
         }
     }
 
@@ -118,6 +121,7 @@ pub async fn run(
         predicates::generation,
         reconcile,
         waits_for_change,
+        Error::Panicked,
     )
     .await;
 }
@@ -253,7 +257,7 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
                 )
                 .await;
             }
-            let refresh = jitter(plan.refresh, 0.1);
+            let refresh = crate::clock::jitter(plan.refresh, 0.1);
             let wake = advanced.wake.map(|t| {
                 t.duration_since(now.0)
                     .unsigned_abs()
