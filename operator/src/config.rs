@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_RESTART_DEBOUNCE", default_value = "10s", value_parser = parse_duration)]
     pub restart_debounce: Duration,
 
+    /// How long a replaced lease or certificate waits for the restarted workloads to finish their
+    /// rollout before it is revoked anyway (after its grace period, with a Warning Event
+    /// `RolloutNotFinished`). A Deployment past its `progressDeadlineSeconds` ends the wait at once.
+    #[arg(long, env = "VAULTKEEPER_ROLLOUT_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub rollout_timeout: Duration,
+
     /// Workload restarts allowed per namespace per minute (a token bucket of that size).
     #[arg(long, env = "VAULTKEEPER_RESTARTS_PER_MINUTE", default_value_t = 10)]
     pub restarts_per_minute: u32,

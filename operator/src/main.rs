@@ -89,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
         hmac_key,
         args.refresh_concurrency,
         lease_tokens,
-        restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute),
+        restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
+            .with_rollout_timeout(args.rollout_timeout),
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -88,6 +88,12 @@ impl Orchestrator {
         }
     }
 
+    /// Sets how long replaced credentials wait for rollouts (default 30 minutes).
+    pub fn with_rollout_timeout(mut self, timeout: Duration) -> Self {
+        self.rollout_timeout = timeout;
+        self
+    }
+
     /// Takes one restart from the namespace's budget, or says how long until one is free.
     fn take(&self, namespace: &str) -> Option<Duration> {
         let mut buckets = self.buckets.lock().expect("restart buckets lock");

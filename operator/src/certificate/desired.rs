@@ -60,8 +60,16 @@ pub fn plan(
         value
             .as_ref()
             .map(|v| {
+                // The same bounds as the CRD's CEL rules, for resources stored before they existed.
                 crds::duration::parse(v)
-                    .ok_or_else(|| format!("{field} {v:?} is not a duration such as 90s or 720h"))
+                    .filter(|d| {
+                        *d >= Duration::from_secs(1) && *d <= Duration::from_secs(87_600 * 3600)
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "{field} {v:?} is not a duration such as 90s or 720h between 1s and 87600h"
+                        )
+                    })
             })
             .transpose()
     };
@@ -254,7 +262,7 @@ pub fn next_step(
     let at = renew_at(&stored.facts, renew_before, jitter);
     // A timer may fire a little early; within a second of the renewal time counts as due, so the
     // renewal never slips past `not_after - renewBefore`.
-    if now + SignedDuration::from_secs(1) >= at {
+    if crate::clock::after_secs(now, 1) >= at {
         Step::Issue(IssueReason::Renewal)
     } else {
         Step::Keep(at)

@@ -57,12 +57,15 @@ pub fn plan(
         dc.namespace().unwrap_or_default(),
         auth_mount_of,
     )?;
-    let grace = crds::duration::parse(&spec.rotation_grace_period).ok_or_else(|| {
-        format!(
-            "rotationGracePeriod {:?} is not a duration such as 30s or 5m",
-            spec.rotation_grace_period
-        )
-    })?;
+    // The same bounds as the CRD's CEL rule, for resources stored before it existed.
+    let grace = crds::duration::parse(&spec.rotation_grace_period)
+        .filter(|g| *g <= Duration::from_secs(24 * 3600))
+        .ok_or_else(|| {
+            format!(
+                "rotationGracePeriod {:?} is not a duration such as 30s or 5m of at most 24h",
+                spec.rotation_grace_period
+            )
+        })?;
     let source = &spec.source;
     let path = match (&source.mount, &source.role, &source.path) {
         (Some(mount), Some(role), None) => format!("{mount}/creds/{role}"),

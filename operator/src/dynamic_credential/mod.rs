@@ -164,7 +164,7 @@ async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Acti
 
 /// The lease behind the Secret. The Secret is written before the status, so when the two name
 /// different leases the Secret's is the newer one (its timing is then taken from its annotations).
-fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<LeaseRecord> {
+pub fn recorded_lease(dc: &DynamicCredential, secret: Option<&Secret>) -> Option<LeaseRecord> {
     let status = dc.status.clone().unwrap_or_default();
     let on_secret = secret.and_then(desired::lease_on_secret);
     match (status.lease_id, on_secret) {

@@ -57,6 +57,14 @@ pub fn plan(
             spec.refresh_interval
         ));
     }
+    // The CRD's CEL bound, for resources stored before it existed (the controller's timer queue
+    // refuses waits of more than about two years).
+    if refresh > Duration::from_secs(168 * 3600) {
+        return Err(format!(
+            "refreshInterval {} is longer than the maximum of 168h",
+            spec.refresh_interval
+        ));
+    }
     if spec.source.version.is_some() && spec.source.engine == KvEngine::KvV1 {
         return Err(
             "source.version pins a KV v2 version; it cannot be used with engine kv-v1".to_owned(),
