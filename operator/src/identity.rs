@@ -10,9 +10,10 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use kube::api::PostParams;
-use vault::{AuthToken, TokenCache, VaultClient, VaultError, VaultToken};
+use vault::{AuthToken, TokenCache, VaultError, VaultToken};
 
 use crate::metrics::{Metrics, ResultLabels};
+use crate::vault_api::VaultApi;
 
 /// Who a resource is in Vault's eyes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -82,9 +83,9 @@ pub enum IdentityError {
 }
 
 /// A Vault connection as the controllers use it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connection {
-    pub client: VaultClient,
+    pub client: Arc<dyn VaultApi>,
     pub auth_mount: String,
 }
 
@@ -125,7 +126,7 @@ impl Identities {
     pub async fn token(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
     ) -> Result<(VaultToken, bool), IdentityError> {
         self.cache
             .get_or_login(key, || self.login(key, client))
@@ -138,7 +139,7 @@ impl Identities {
     pub async fn with_token<T, F, Fut>(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
         call: F,
     ) -> Result<Result<T, VaultError>, IdentityError>
     where
@@ -160,7 +161,7 @@ impl Identities {
     pub async fn login(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
     ) -> Result<AuthToken, IdentityError> {
         let jwt = self
             .service_account_token(&key.namespace, &key.service_account)

@@ -19,9 +19,10 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use vault::{VaultClient, VaultError, VaultToken};
+use vault::{VaultError, VaultToken};
 
 use crate::identity::{Identities, IdentityError, IdentityKey};
+use crate::vault_api::VaultApi;
 
 const FIELD_MANAGER: &str = "vaultkeeper";
 const TOKEN_FIELD: &str = "token";
@@ -141,7 +142,7 @@ impl LeaseTokens {
     pub async fn get(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
         identities: &Identities,
         replace_before: Duration,
     ) -> Result<LeaseToken, LeaseTokenError> {
@@ -205,7 +206,7 @@ impl LeaseTokens {
     async fn login(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
         identities: &Identities,
     ) -> Result<LeaseToken, LeaseTokenError> {
         let auth = identities.login(key, client).await?;
@@ -232,7 +233,7 @@ impl LeaseTokens {
     async fn load(
         &self,
         key: &IdentityKey,
-        client: &VaultClient,
+        client: &dyn VaultApi,
     ) -> Result<Option<LeaseToken>, LeaseTokenError> {
         let name = secret_name(key);
         let api: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);

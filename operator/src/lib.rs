@@ -17,4 +17,5 @@ pub mod operator_key;
 pub mod report;
 pub mod restart;
 pub mod template;
+pub mod vault_api;
 pub mod vault_secret;

@@ -52,7 +52,13 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.vault_auth_mount.clone());
         tracing::info!(connection = %name, address = %spec.address, auth_mount = %auth_mount, "configured Vault connection");
-        connections.insert(name, Connection { client, auth_mount });
+        connections.insert(
+            name,
+            Connection {
+                client: Arc::new(client),
+                auth_mount,
+            },
+        );
     }
 
     let hmac_key = operator_key::load_or_create(client.clone(), &args.namespace).await?;

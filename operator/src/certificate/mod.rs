@@ -26,13 +26,14 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, predicates};
 use kube::{Api, ResourceExt};
-use vault::{VaultClient, VaultError};
+use vault::VaultError;
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
 use crate::identity::IdentityError;
 use crate::report;
 use crate::restart;
+use crate::vault_api::VaultApi;
 use crate::vault_secret::FIELD_MANAGER;
 use crate::vault_secret::desired::data_hmac;
 use desired::{CertFacts, Plan, Step};
@@ -131,7 +132,7 @@ fn waits_for_change(error: &Error) -> bool {
     )
 }
 
-async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ctx = &ctx;
     crate::managed::with_finalizer(
         &ctx.client,
@@ -277,11 +278,12 @@ async fn sync(
     now: Timestamp,
 ) -> Result<(CertificateRequestStatus, Timestamp), Error> {
     let plan = plan_of(cr, ctx)?;
-    let client = &ctx
+    let client = ctx
         .identities
         .connection(&plan.identity.connection)
         .expect("plan checked the connection")
-        .client;
+        .client
+        .as_ref();
     let namespace = cr.namespace().unwrap_or_default();
     let dest = &cr.spec.destination.name;
     if let Some(s) = secret
@@ -511,7 +513,7 @@ async fn issue(
     cr: &CertificateRequest,
     ctx: &Context,
     plan: &Plan,
-    client: &VaultClient,
+    client: &dyn VaultApi,
     secret: Option<&Secret>,
     superseded: Vec<SupersededCertificate>,
     restart: bool,
@@ -621,7 +623,7 @@ async fn retire(
     cr: &CertificateRequest,
     ctx: &Context,
     plan: &Plan,
-    client: &VaultClient,
+    client: &dyn VaultApi,
     status: &mut CertificateRequestStatus,
     since: Timestamp,
     now: Timestamp,
@@ -771,11 +773,12 @@ async fn cleanup(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error
     // A plan that fails (its connection was removed from the operator's configuration) keeps the
     // finalizer: the certificates are still valid. The error is retried with backoff.
     let plan = plan_of(cr, ctx).map_err(|e| Error::CleanupPlan(e.to_string()))?;
-    let client = &ctx
+    let client = ctx
         .identities
         .connection(&plan.identity.connection)
         .expect("plan checked the connection")
-        .client;
+        .client
+        .as_ref();
     let mount = cr.spec.mount.as_str();
     for serial in &serials {
         let serial = serial.as_str();

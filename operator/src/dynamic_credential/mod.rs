@@ -24,7 +24,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, predicates};
 use kube::{Api, ResourceExt};
-use vault::{VaultClient, VaultError};
+use vault::VaultError;
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
@@ -33,6 +33,7 @@ use crate::lease_tokens::{LeaseToken, LeaseTokenError};
 use crate::report;
 use crate::restart;
 use crate::template;
+use crate::vault_api::VaultApi;
 use crate::vault_secret::FIELD_MANAGER;
 use crate::vault_secret::desired::data_hmac;
 use desired::Plan;
@@ -143,7 +144,7 @@ fn waits_for_change(error: &Error) -> bool {
     )
 }
 
-async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ctx = &ctx;
     crate::managed::with_finalizer(
         &ctx.client,
@@ -309,7 +310,7 @@ async fn sync(
         .identities
         .connection(&plan.identity.connection)
         .expect("plan checked the connection");
-    let client = &connection.client;
+    let client = connection.client.as_ref();
     let namespace = dc.namespace().unwrap_or_default();
     let dest = &dc.spec.destination.name;
     if let Some(s) = secret
@@ -622,7 +623,7 @@ fn write_lease_status(status: &mut DynamicCredentialStatus, lease: &LeaseRecord)
 async fn lease_token(
     ctx: &Context,
     plan: &Plan,
-    client: &VaultClient,
+    client: &dyn VaultApi,
 ) -> Result<LeaseToken, Error> {
     Ok(ctx
         .lease_tokens
@@ -637,7 +638,7 @@ async fn lease_token(
 
 /// Renews the lease; `None` when Vault no longer knows it.
 async fn renew(
-    client: &VaultClient,
+    client: &dyn VaultApi,
     token: &LeaseToken,
     lease: &LeaseRecord,
     now: Timestamp,
@@ -680,7 +681,7 @@ async fn issue(
     dc: &DynamicCredential,
     ctx: &Context,
     plan: &Plan,
-    client: &VaultClient,
+    client: &dyn VaultApi,
     token: &LeaseToken,
     now: Timestamp,
     retiring: &[RetiringLease],
@@ -735,7 +736,7 @@ async fn issue(
 }
 
 /// Revokes a credential that exists in Vault but that nobody can use, rather than leak it.
-async fn revoke_unused(client: &VaultClient, token: &LeaseToken, lease_id: &str) {
+async fn revoke_unused(client: &dyn VaultApi, token: &LeaseToken, lease_id: &str) {
     if let Err(err) = client.revoke_lease(&token.token, lease_id).await {
         tracing::warn!(%lease_id, error = %err, "failed to revoke a credential that could not be written");
     }
@@ -748,7 +749,7 @@ async fn revoke_unused(client: &VaultClient, token: &LeaseToken, lease_id: &str)
 async fn retire(
     dc: &DynamicCredential,
     ctx: &Context,
-    client: &VaultClient,
+    client: &dyn VaultApi,
     token: &LeaseToken,
     plan: &Plan,
     status: &mut DynamicCredentialStatus,
@@ -881,11 +882,12 @@ async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error>
             .map(|c| c.auth_mount.clone())
     })
     .map_err(Error::CleanupPlan)?;
-    let client = &ctx
+    let client = ctx
         .identities
         .connection(&plan.identity.connection)
         .expect("plan checked the connection")
-        .client;
+        .client
+        .as_ref();
     let token = lease_token(ctx, &plan, client).await?;
     for lease_id in leases {
         client

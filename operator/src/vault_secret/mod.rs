@@ -17,7 +17,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::predicates;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Api, ResourceExt};
-use vault::{KvVersionState, SecretData, VaultClient, VaultError, VaultToken};
+use vault::{KvVersionState, SecretData, VaultError, VaultToken};
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
@@ -25,6 +25,7 @@ use crate::identity::{IdentityError, IdentityKey};
 use crate::report;
 use crate::restart;
 use crate::template;
+use crate::vault_api::VaultApi;
 use desired::Plan;
 
 /// Field manager of every write the operator makes.
@@ -134,7 +135,7 @@ fn waits_for_change(error: &Error) -> bool {
     )
 }
 
-async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     // Our Secret write reaches the cache before our status patch does: a reconcile in between
     // would take its own write for new data (and schedule a second restart). Read the resource
@@ -323,7 +324,7 @@ async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Er
         .identities
         .connection(&plan.identity.connection)
         .expect("plan checked the connection");
-    let client = &connection.client;
+    let client = connection.client.as_ref();
     let status = vs.status.clone().unwrap_or_default();
     let namespace = vs.namespace().unwrap_or_default();
     let dest = &vs.spec.destination.name;
@@ -486,7 +487,7 @@ async fn write_if_changed(
 async fn with_token<T, F, Fut>(
     ctx: &Context,
     identity: &IdentityKey,
-    client: &VaultClient,
+    client: &dyn VaultApi,
     call: F,
 ) -> Result<T, Error>
 where
