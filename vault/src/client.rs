@@ -116,7 +116,7 @@ impl VaultClient {
             let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             return serde_json::from_slice(bytes).map_err(|err| VaultError::Decode {
                 operation,
-                message: err.to_string(),
+                message: decode_message(&err),
             });
         }
         Err(classify(operation, path, status, &bytes))
@@ -127,6 +127,18 @@ impl VaultClient {
             observer.observe(operation, outcome, started.elapsed());
         }
     }
+}
+
+/// What went wrong decoding an answer, without serde's own text: for a value of the wrong type it
+/// quotes the value, which may be secret data.
+fn decode_message(err: &serde_json::Error) -> String {
+    let kind = match err.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "not valid JSON",
+        serde_json::error::Category::Data => "JSON of an unexpected shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} (line {}, column {})", err.line(), err.column())
 }
 
 /// Maps a non-2xx answer to an error. Vault's `errors` strings describe the failure, not the data.
@@ -176,6 +188,29 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_never_quote_the_answer() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Answer {
+            port: u16,
+            user: String,
+        }
+        for body in [
+            r#"{"port": "canary-s3cr3t", "user": "u"}"#,
+            r#"{"port": 1, "user": 42, "canary-s3cr3t": 1}"#,
+            r#"{"port": 99999999999, "user": "canary-s3cr3t"}"#,
+            r#"{"port": 1, "user": "canary-s3cr3t""#,
+            r#"canary-s3cr3t"#,
+        ] {
+            let err = serde_json::from_str::<Answer>(body).unwrap_err();
+            let message = decode_message(&err);
+            assert!(!message.contains("canary"), "{message}");
+            assert!(!message.contains("99999999999"), "{message}");
+            assert!(message.contains("line 1"), "{message}");
+        }
+    }
 
     #[test]
     fn classifies_vault_answers() {
