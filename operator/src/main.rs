@@ -28,7 +28,11 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to build a Kubernetes client")?;
-    let metrics = Arc::new(Metrics::default());
+    // The controllers' caches of their resources; the certificate gauges read theirs at scrape time.
+    let (_, vs_writer) = kube::runtime::reflector::store();
+    let (_, dc_writer) = kube::runtime::reflector::store();
+    let (cert_resources, cert_writer) = kube::runtime::reflector::store();
+    let metrics = Arc::new(Metrics::with_certificates(cert_resources));
     let mut connections = BTreeMap::new();
     for (name, spec) in args.connections()? {
         let ca_pem = match &spec.ca_file {
@@ -174,18 +178,21 @@ async fn main() -> anyhow::Result<()> {
     ready_when_filled.store(true, Ordering::Relaxed);
     let controller = tokio::spawn(vault_secret::run(
         ctx.clone(),
+        vs_writer,
         vs_changes,
         vs_deleted_rx,
         stopped(stop_rx.clone()),
     ));
     let dc_controller = tokio::spawn(dynamic_credential::run(
         ctx.clone(),
+        dc_writer,
         dc_changes,
         dc_deleted_rx,
         stopped(stop_rx.clone()),
     ));
     let cert_controller = tokio::spawn(certificate::run(
         ctx,
+        cert_writer,
         cert_changes,
         cert_deleted_rx,
         stopped(stop_rx),

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{self, ReflectHandle};
 use kube::runtime::{Predicate, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 
@@ -157,6 +157,7 @@ pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bo
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controller<K, P, RFut>(
     ctx: Arc<Context>,
+    writer: Writer<K>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -176,7 +177,7 @@ pub async fn run_controller<K, P, RFut>(
     RFut: TryFuture<Ok = Action> + Send + 'static,
     RFut::Error: std::error::Error + Send + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
+    let reader = writer.as_reader();
     let resources = resources(Api::<K>::all(ctx.client.clone()), writer)
         .predicate_filter(predicate, Default::default());
     Controller::for_stream(resources, reader)

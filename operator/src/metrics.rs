@@ -1,13 +1,17 @@
 //! Prometheus metrics of the operator. Labels are bounded: kinds, results, operations, status codes,
-//! and for certificate timestamps the resource's namespace and name (one series per resource,
-//! removed when it is deleted).
+//! and for certificate timestamps the resource's namespace and name: those are computed at scrape
+//! time from the controller's cache of CertificateRequests, so a deleted resource leaves no series.
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use crds::v1alpha1::CertificateRequest;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -20,6 +24,11 @@ pub struct SyncLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,12 +59,10 @@ pub struct Metrics {
     pub syncs: Family<SyncLabels, Counter>,
     pub sync_duration: Family<KindLabels, Histogram>,
     pub vault_requests: Family<VaultRequestLabels, Counter>,
-    pub vault_request_duration: Family<KindLabels, Histogram>,
+    pub vault_request_duration: Family<OperationLabels, Histogram>,
     pub logins: Family<ResultLabels, Counter>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub restarts: Family<KindLabels, Counter>,
-    pub certificate_expiry: Family<ResourceLabels, Gauge>,
-    pub certificate_renewal: Family<ResourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -81,12 +88,13 @@ impl Default for Metrics {
             "Vault requests by operation and HTTP status (or 'error')",
             vault_requests.clone(),
         );
-        let vault_request_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-        });
+        let vault_request_duration =
+            Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            });
         registry.register(
             "vault_request_duration_seconds",
-            "Duration of Vault requests by operation (label 'kind' holds the operation)",
+            "Duration of Vault requests by operation",
             vault_request_duration.clone(),
         );
         let logins = Family::<ResultLabels, Counter>::default();
@@ -103,23 +111,9 @@ impl Default for Metrics {
             "Workload restarts triggered, by the kind of resource that triggered them",
             restarts.clone(),
         );
-        let certificate_expiry = Family::<ResourceLabels, Gauge>::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "End of validity (notAfter) of the certificate of each CertificateRequest, Unix seconds",
-            certificate_expiry.clone(),
-        );
-        let certificate_renewal = Family::<ResourceLabels, Gauge>::default();
-        registry.register(
-            "certificate_renewal_timestamp_seconds",
-            "When the operator renews the certificate of each CertificateRequest, Unix seconds",
-            certificate_renewal.clone(),
-        );
         Self {
             registry,
             restarts,
-            certificate_expiry,
-            certificate_renewal,
             syncs,
             sync_duration,
             vault_requests,
@@ -135,26 +129,14 @@ impl Metrics {
         self.restarts.get_or_create(&KindLabels { kind }).inc();
     }
 
-    /// Records a CertificateRequest's certificate end and renewal time.
-    pub fn certificate(&self, namespace: &str, name: &str, not_after: i64, renewal: i64) {
-        let labels = ResourceLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.certificate_expiry
-            .get_or_create(&labels)
-            .set(not_after);
-        self.certificate_renewal.get_or_create(&labels).set(renewal);
-    }
-
-    /// Drops the series of a deleted CertificateRequest.
-    pub fn forget_certificate(&self, namespace: &str, name: &str) {
-        let labels = ResourceLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.certificate_expiry.remove(&labels);
-        self.certificate_renewal.remove(&labels);
+    /// The metrics, with the certificate gauges computed at each scrape from `certificates` (the
+    /// CertificateRequest controller's cache, whose statuses hold notAfter and renewalTime).
+    pub fn with_certificates(certificates: Store<CertificateRequest>) -> Self {
+        let mut metrics = Self::default();
+        metrics
+            .registry
+            .register_collector(Box::new(CertificateCollector { certificates }));
+        metrics
     }
 
     pub fn sync(&self, kind: &'static str, result: &'static str, took: Duration) {
@@ -179,6 +161,59 @@ impl Metrics {
     }
 }
 
+/// Certificate end and renewal times of every cached CertificateRequest, read at scrape time.
+struct CertificateCollector {
+    certificates: Store<CertificateRequest>,
+}
+
+impl std::fmt::Debug for CertificateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateCollector")
+    }
+}
+
+impl Collector for CertificateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut rows: Vec<(ResourceLabels, i64, Option<i64>)> = self
+            .certificates
+            .state()
+            .iter()
+            .filter_map(|cr| {
+                let status = cr.status.as_ref()?;
+                let not_after = status.not_after.as_ref()?.0.as_second();
+                let renewal = status.renewal_time.as_ref().map(|t| t.0.as_second());
+                let labels = ResourceLabels {
+                    namespace: cr.namespace().unwrap_or_default(),
+                    name: cr.name_any(),
+                };
+                Some((labels, not_after, renewal))
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
+        let mut family = encoder.encode_descriptor(
+            "certificate_expiry_timestamp_seconds",
+            "End of validity (notAfter) of the certificate of each CertificateRequest, Unix seconds",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, not_after, _) in &rows {
+            ConstGauge::new(*not_after).encode(family.encode_family(labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "certificate_renewal_timestamp_seconds",
+            "When the operator renews the certificate of each CertificateRequest, Unix seconds",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, _, renewal) in &rows {
+            if let Some(renewal) = renewal {
+                ConstGauge::new(*renewal).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl vault::RequestObserver for Metrics {
     fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
         self.vault_requests
@@ -188,7 +223,46 @@ impl vault::RequestObserver for Metrics {
             })
             .inc();
         self.vault_request_duration
-            .get_or_create(&KindLabels { kind: operation })
+            .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    fn cr(name: &str, not_after: &str) -> CertificateRequest {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "vaultkeeper.dev/v1alpha1",
+            "kind": "CertificateRequest",
+            "metadata": {"name": name, "namespace": "web", "uid": name},
+            "spec": {"auth": {"role": "r"}, "mount": "pki", "role": "r", "commonName": "a.example.com", "destination": {"name": name}},
+            "status": {"notAfter": not_after, "renewalTime": "2030-01-01T00:00:00Z"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn certificate_gauges_follow_the_cache_so_deleted_resources_leave_no_series() {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        let metrics = Metrics::with_certificates(reader);
+        let a = cr("a", "2030-06-01T00:00:00Z");
+        writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
+        writer.apply_watcher_event(&watcher::Event::Apply(cr("b", "2031-06-01T00:00:00Z")));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"vaultkeeper_certificate_expiry_timestamp_seconds{namespace="web",name="a"} 1906502400"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"vaultkeeper_certificate_renewal_timestamp_seconds{namespace="web",name="b"} 1893456000"#),
+            "{text}"
+        );
+        writer.apply_watcher_event(&watcher::Event::Delete(a));
+        let text = metrics.encode();
+        assert!(!text.contains(r#"name="a""#), "{text}");
+        assert!(text.contains(r#"name="b""#), "{text}");
     }
 }

@@ -106,6 +106,7 @@ impl Error {
 /// (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    resources: kube::runtime::reflector::store::Writer<CertificateRequest>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -113,6 +114,7 @@ pub async fn run(
     // Spec and finalizer changes trigger; status and label changes do not.
     crate::managed::run_controller(
         ctx,
+        resources,
         secrets,
         deleted,
         shutdown,
@@ -452,12 +454,6 @@ async fn sync(
     // Waiting for the rollout is bounded from the moment the current certificate was made.
     let retire_wake = retire(cr, ctx, &plan, client, &mut status, facts.not_before, now).await;
 
-    ctx.metrics.certificate(
-        &namespace,
-        &cr.name_any(),
-        facts.not_after.as_second(),
-        renewal.as_second(),
-    );
     let next = [Some(renewal), retire_wake, advanced.wake]
         .into_iter()
         .flatten()
@@ -742,7 +738,6 @@ async fn report_cleanup_failure(cr: &CertificateRequest, ctx: &Context, err: &Er
 /// Revokes the current and superseded certificates when `revokeOnDelete` is set.
 async fn cleanup(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> {
     let namespace = cr.namespace().unwrap_or_default();
-    ctx.metrics.forget_certificate(&namespace, &cr.name_any());
     if !cr.spec.revoke_on_delete {
         return Ok(Action::await_change());
     }

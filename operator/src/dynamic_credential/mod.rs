@@ -118,6 +118,7 @@ impl Error {
 /// (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    resources: kube::runtime::reflector::store::Writer<DynamicCredential>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -125,6 +126,7 @@ pub async fn run(
     // Spec and finalizer changes trigger; status-only updates do not.
     crate::managed::run_controller(
         ctx,
+        resources,
         secrets,
         deleted,
         shutdown,

@@ -109,6 +109,7 @@ impl Error {
 /// `secrets` tells about changes of the Secrets in `ctx.secrets` (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    resources: kube::runtime::reflector::store::Writer<VaultSecret>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -116,6 +117,7 @@ pub async fn run(
     // Status-only updates (our own patches) do not change the generation and trigger nothing.
     crate::managed::run_controller(
         ctx,
+        resources,
         secrets,
         deleted,
         shutdown,
