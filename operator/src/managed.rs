@@ -18,6 +18,7 @@ use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{Predicate, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+use tracing::Instrument;
 
 use crate::context::Context;
 
@@ -144,15 +145,28 @@ pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bo
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// Runs the controller of kind `K`: its resources pass `predicate` (spec changes; for kinds with a
-/// finalizer also finalizer changes, which the finalizer helper waits for), the Secrets it manages
-/// (`secrets`, filled before this starts) and their deletions (`deleted`) trigger their owner.
-/// A failed reconcile waits for a change of the resource when `waits_for_change` says the error
-/// cannot heal by itself (an invalid spec, a conflict), and is retried with the per-object backoff
-/// otherwise. A reconcile that panics becomes the error `panicked` makes of its message (retried
-/// with backoff), so one resource can never stop the controller for every other one (release
-/// builds unwind for this reason). Returns when `shutdown` fires and in-flight reconciles
-/// finished.
+/// How a controller treats its errors.
+pub struct ErrorPolicy<E> {
+    /// The kind, for metric labels and the reconcile span.
+    pub kind: &'static str,
+    /// Errors that only a change of the resource can heal (an invalid spec, a conflict): the
+    /// resource waits for a change instead of being retried.
+    pub waits_for_change: fn(&E) -> bool,
+    /// The condition reason of an error, also the `result` label of the sync metric.
+    pub reason: fn(&E) -> &'static str,
+    /// The error a panic becomes, from its message.
+    pub panicked: fn(String) -> E,
+}
+
+/// Runs the controller of kind `K`: its resources (cached in `writer`'s store) pass `predicate`
+/// (spec changes; for kinds with a finalizer also finalizer changes, which the finalizer helper
+/// waits for), the Secrets it manages (`secrets`, filled before this starts) and their deletions
+/// (`deleted`) trigger their owner. Each reconcile runs in one span carrying kind, namespace and
+/// name. A failed reconcile is counted in the sync metric under its reason (a reconcile records
+/// its own successes), then waits for a change or is retried with the per-object backoff as
+/// `policy` says. A reconcile that panics becomes `policy.panicked` of its message (retried with
+/// backoff), so one resource can never stop the controller for every other one (release builds
+/// unwind for this reason). Returns when `shutdown` fires and in-flight reconciles finished.
 // Every argument is a distinct part of the controller, named at the call.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controller<K, P, RFut>(
@@ -163,8 +177,7 @@ pub async fn run_controller<K, P, RFut>(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     predicate: P,
     mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
-    waits_for_change: fn(&RFut::Error) -> bool,
-    panicked: fn(String) -> RFut::Error,
+    policy: ErrorPolicy<RFut::Error>,
 ) where
     K: Resource<DynamicType = ()>
         + Clone
@@ -186,19 +199,24 @@ pub async fn run_controller<K, P, RFut>(
         .graceful_shutdown_on(shutdown)
         .run(
             move |resource: Arc<K>, ctx: Arc<Context>| {
-                let name = format!(
-                    "{}/{}",
-                    resource.namespace().unwrap_or_default(),
-                    resource.name_any()
-                );
-                contain_panic(
-                    name,
+                let namespace = resource.namespace().unwrap_or_default();
+                let name = resource.name_any();
+                let span = tracing::info_span!("reconcile", kind = policy.kind, %namespace, %name);
+                let failures = SyncFailures::start(ctx.metrics.clone(), policy.kind);
+                let attempt = contain_panic(
+                    format!("{namespace}/{name}"),
                     TryFutureExt::into_future(reconcile(resource, ctx)),
-                    panicked,
-                )
+                    policy.panicked,
+                );
+                async move {
+                    let result = attempt.await;
+                    failures.finish(result.as_ref().err().map(policy.reason));
+                    result
+                }
+                .instrument(span)
             },
             move |resource: Arc<K>, error: &RFut::Error, ctx: Arc<Context>| {
-                if waits_for_change(error) {
+                if (policy.waits_for_change)(error) {
                     Action::await_change()
                 } else {
                     Action::requeue(ctx.backoff(&resource.uid().unwrap_or_default()))
@@ -212,6 +230,43 @@ pub async fn run_controller<K, P, RFut>(
             }
         })
         .await;
+}
+
+/// Counts a failed reconcile in the sync metric on every path: an error under its reason, a
+/// reconcile dropped before it finished (shutdown) as `interrupted`. Successes are recorded by the
+/// reconciles themselves, which know whether anything changed.
+struct SyncFailures {
+    metrics: Arc<crate::metrics::Metrics>,
+    kind: &'static str,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl SyncFailures {
+    fn start(metrics: Arc<crate::metrics::Metrics>, kind: &'static str) -> Self {
+        Self {
+            metrics,
+            kind,
+            started: std::time::Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(mut self, failure: Option<&'static str>) {
+        if let Some(reason) = failure {
+            self.metrics.sync(self.kind, reason, self.started.elapsed());
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for SyncFailures {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .sync(self.kind, "interrupted", self.started.elapsed());
+        }
+    }
 }
 
 /// `attempt`, with a panic turned into the error `panicked` makes of its message.

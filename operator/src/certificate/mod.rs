@@ -120,8 +120,12 @@ pub async fn run(
         shutdown,
         predicates::generation.combine(predicates::finalizers),
         reconcile,
-        waits_for_change,
-        Error::Panicked,
+        crate::managed::ErrorPolicy {
+            kind: KIND,
+            waits_for_change,
+            reason: Error::reason,
+            panicked: Error::Panicked,
+        },
     )
     .await;
 }
@@ -254,7 +258,6 @@ async fn apply(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> 
                 publish(ctx, cr, EventType::Warning, err.reason(), message).await;
             }
             tracing::warn!(namespace = %namespace, name = cr.name_any(), reason = err.reason(), error = %err, "CertificateRequest not ready");
-            ctx.metrics.sync(KIND, err.reason(), started.elapsed());
             Err(err)
         }
     }

@@ -132,8 +132,12 @@ pub async fn run(
         shutdown,
         predicates::generation.combine(predicates::finalizers),
         reconcile,
-        waits_for_change,
-        Error::Panicked,
+        crate::managed::ErrorPolicy {
+            kind: KIND,
+            waits_for_change,
+            reason: Error::reason,
+            panicked: Error::Panicked,
+        },
     )
     .await;
 }
@@ -243,9 +247,10 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
     } else {
         dc
     };
-    let result = sync(dc, secret.as_ref(), ctx).await;
-    let status = dc.status.clone().unwrap_or_default();
+    // The clock is read once; every decision of this reconcile uses that instant.
     let now = Timestamp::now();
+    let result = sync(dc, secret.as_ref(), ctx, now).await;
+    let status = dc.status.clone().unwrap_or_default();
     match result {
         Ok((new_status, next)) => {
             patch_status(dc, ctx, &status, new_status).await?;
@@ -290,7 +295,6 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
                 publish(ctx, dc, EventType::Warning, err.reason(), condition.message).await;
             }
             tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), reason = err.reason(), error = %err, "DynamicCredential not ready");
-            ctx.metrics.sync(KIND, err.reason(), started.elapsed());
             Err(err)
         }
     }
@@ -301,6 +305,7 @@ async fn sync(
     dc: &DynamicCredential,
     secret: Option<&Secret>,
     ctx: &Context,
+    now: Timestamp,
 ) -> Result<(DynamicCredentialStatus, Timestamp), Error> {
     let plan = desired::plan(dc, |name| {
         ctx.identities
@@ -321,7 +326,6 @@ async fn sync(
         return Err(Error::SecretConflict { name: dest.clone() });
     }
     let mut status = dc.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
     let lease = recorded_lease(dc, secret);
     let record_invalid = secret.is_some_and(desired::lease_record_invalid);
     // The status names another lease than the Secret: the status write after the last issue was

@@ -123,8 +123,12 @@ pub async fn run(
         shutdown,
         predicates::generation,
         reconcile,
-        waits_for_change,
-        Error::Panicked,
+        crate::managed::ErrorPolicy {
+            kind: KIND,
+            waits_for_change,
+            reason: Error::reason,
+            panicked: Error::Panicked,
+        },
     )
     .await;
 }
@@ -307,7 +311,6 @@ pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action
                 .await;
             }
             tracing::warn!(namespace = vs.namespace().unwrap_or_default(), name = vs.name_any(), reason = err.reason(), error = %err, "VaultSecret not synced");
-            ctx.metrics.sync(KIND, err.reason(), started.elapsed());
             Err(err)
         }
     }
