@@ -24,7 +24,7 @@ use vault::{VaultError, VaultToken};
 use crate::identity::{Identities, IdentityError, IdentityKey};
 use crate::vault_api::VaultApi;
 
-const FIELD_MANAGER: &str = "vaultkeeper";
+use crate::managed::FIELD_MANAGER;
 const TOKEN_FIELD: &str = "token";
 const EXPIRES_ANNOTATION: &str = "vaultkeeper.dev/expires";
 const HARD_END_ANNOTATION: &str = "vaultkeeper.dev/hard-end";

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod conditions;
 pub mod config;
 pub mod context;
+pub mod digest;
 pub mod dynamic_credential;
 pub mod http;
 pub mod identity;

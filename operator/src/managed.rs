@@ -22,6 +22,28 @@ use tracing::Instrument;
 
 use crate::context::Context;
 
+/// Labels on managed Secrets naming the resource that owns them, one per kind; each controller
+/// watches the Secrets carrying its label (and the managed-by label).
+pub mod owner_labels {
+    pub const VAULT_SECRET: &str = "vaultkeeper.dev/vaultsecret";
+    pub const DYNAMIC_CREDENTIAL: &str = "vaultkeeper.dev/dynamiccredential";
+    pub const CERTIFICATE_REQUEST: &str = "vaultkeeper.dev/certificaterequest";
+}
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "vaultkeeper";
+
+/// The Secret data: the raw Vault keys plus the templated keys (templated keys win).
+pub fn secret_data(
+    raw: BTreeMap<String, String>,
+    templated: BTreeMap<String, String>,
+) -> BTreeMap<String, Vec<u8>> {
+    raw.into_iter()
+        .chain(templated)
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect()
+}
+
 /// A deleted managed Secret, as (namespace, owner name from the owner label).
 pub type Deleted = tokio::sync::mpsc::UnboundedSender<(String, String)>;
 

@@ -17,7 +17,7 @@ use crate::identity::IdentityKey;
 /// Digest of the spec fields that define the certificate; a change means a new certificate.
 pub const SPEC_DIGEST_ANNOTATION: &str = "vaultkeeper.dev/certificate-spec";
 /// Label on the Secret: the CertificateRequest that owns it.
-pub const OWNER_LABEL: &str = "vaultkeeper.dev/certificaterequest";
+pub const OWNER_LABEL: &str = crate::managed::owner_labels::CERTIFICATE_REQUEST;
 
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";

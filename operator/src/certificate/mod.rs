@@ -30,12 +30,12 @@ use vault::VaultError;
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
+use crate::digest::data_hmac;
 use crate::identity::IdentityError;
+use crate::managed::FIELD_MANAGER;
 use crate::report;
 use crate::restart;
 use crate::vault_api::VaultApi;
-use crate::vault_secret::FIELD_MANAGER;
-use crate::vault_secret::desired::data_hmac;
 use desired::{CertFacts, Plan, Step};
 use key::Key;
 

@@ -31,7 +31,7 @@ pub const RESTART_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
 /// At most this many retiring leases are recorded on the Secret.
 const MAX_RECORDED_RETIRING: usize = 16;
 /// Label on the Secret: the DynamicCredential that owns it.
-pub const OWNER_LABEL: &str = "vaultkeeper.dev/dynamiccredential";
+pub const OWNER_LABEL: &str = crate::managed::owner_labels::DYNAMIC_CREDENTIAL;
 
 /// What a valid spec asks for.
 #[derive(Clone, Debug, PartialEq)]

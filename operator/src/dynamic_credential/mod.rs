@@ -28,14 +28,14 @@ use vault::VaultError;
 
 use crate::conditions::{self, Desired};
 use crate::context::Context;
+use crate::digest::data_hmac;
 use crate::identity::IdentityError;
 use crate::lease_tokens::{LeaseToken, LeaseTokenError};
+use crate::managed::FIELD_MANAGER;
 use crate::report;
 use crate::restart;
 use crate::template;
 use crate::vault_api::VaultApi;
-use crate::vault_secret::FIELD_MANAGER;
-use crate::vault_secret::desired::data_hmac;
 use desired::Plan;
 use schedule::{IssueReason, LeaseRecord, Step, Timing, TokenView};
 
@@ -716,7 +716,7 @@ async fn issue(
             return Err(Error::Render(err));
         }
     };
-    let data = crate::vault_secret::desired::secret_data(leased.data.to_text_map(), templated);
+    let data = crate::managed::secret_data(leased.data.to_text_map(), templated);
     let hmac = data_hmac(&ctx.hmac_key, &data);
     let follow_up = desired::FollowUp {
         retiring: retiring.to_vec(),

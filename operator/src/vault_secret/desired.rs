@@ -1,16 +1,13 @@
-//! Pure steps of the VaultSecret reconcile: validate the spec, build the Secret, compute the data
-//! HMAC and the Ready condition. No client, no Vault, no clock: `now` is an argument.
+//! Pure steps of the VaultSecret reconcile: validate the spec, build the Secret and the Ready
+//! condition. No client, no Vault, no clock: `now` is an argument.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crds::v1alpha1::{KvEngine, VaultSecret, reasons};
-use hmac::{Hmac, Mac};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use sha2::Sha256;
 
 use crate::conditions::Desired;
 use crate::identity::IdentityKey;
@@ -21,7 +18,7 @@ pub const SOURCE_VERSION_ANNOTATION: &str = "vaultkeeper.dev/source-version";
 /// Annotation on the Secret: which Vault path it comes from.
 pub const SOURCE_ANNOTATION: &str = "vaultkeeper.dev/source";
 /// Label on the Secret: the VaultSecret that owns it.
-pub const OWNER_LABEL: &str = "vaultkeeper.dev/vaultsecret";
+pub const OWNER_LABEL: &str = crate::managed::owner_labels::VAULT_SECRET;
 
 /// What a valid spec asks for, in the operator's terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,42 +73,6 @@ pub fn plan(
         refresh,
         display_path: format!("{}/{}", spec.source.mount, spec.source.path),
     })
-}
-
-/// The Secret data: the raw Vault keys plus the templated keys (templated keys win).
-pub fn secret_data(
-    raw: BTreeMap<String, String>,
-    templated: BTreeMap<String, String>,
-) -> BTreeMap<String, Vec<u8>> {
-    raw.into_iter()
-        .chain(templated)
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect()
-}
-
-/// HMAC-SHA256 of the data under the operator key: stable for equal data, reveals nothing.
-pub fn data_hmac(key: &[u8], data: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    for (k, v) in data {
-        // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        mac.update(&(k.len() as u64).to_be_bytes());
-        mac.update(k.as_bytes());
-        mac.update(&(v.len() as u64).to_be_bytes());
-        mac.update(v);
-    }
-    format!("sha256:{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The HMAC of what a Secret holds now.
-pub fn existing_hmac(key: &[u8], secret: &Secret) -> String {
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, ByteString(v))| (k, v))
-        .collect();
-    data_hmac(key, &data)
 }
 
 /// The whole destination Secret as the operator applies it.
@@ -253,7 +214,7 @@ mod tests {
     #[test]
     fn builds_an_owned_labelled_secret() {
         let vs = vault_secret();
-        let data = secret_data(
+        let data = crate::managed::secret_data(
             BTreeMap::from([
                 ("user".into(), "raw".into()),
                 ("url".into(), "raw-url".into()),
@@ -278,16 +239,5 @@ mod tests {
             (owner.kind.as_str(), owner.api_version.as_str()),
             ("VaultSecret", "vaultkeeper.dev/v1alpha1")
         );
-    }
-
-    #[test]
-    fn hmac_is_stable_and_keyed() {
-        let a = BTreeMap::from([("k".to_owned(), b"v".to_vec())]);
-        assert_eq!(data_hmac(b"key", &a), data_hmac(b"key", &a.clone()));
-        assert_ne!(data_hmac(b"key", &a), data_hmac(b"other", &a));
-        let split1 = BTreeMap::from([("ab".to_owned(), b"c".to_vec())]);
-        let split2 = BTreeMap::from([("a".to_owned(), b"bc".to_vec())]);
-        assert_ne!(data_hmac(b"key", &split1), data_hmac(b"key", &split2));
-        assert_eq!(data_hmac(b"key", &a).len(), "sha256:".len() + 64);
     }
 }

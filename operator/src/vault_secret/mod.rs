@@ -29,7 +29,6 @@ use crate::vault_api::VaultApi;
 use desired::Plan;
 
 /// Field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "vaultkeeper";
 const KIND: &str = "VaultSecret";
 
 /// Why a reconcile did not reach Ready. Messages name paths, roles and Secrets, never data.
@@ -336,7 +335,7 @@ async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Er
     let existing = ctx.secrets.get(&ObjectRef::new(dest).within(&namespace));
     let existing_hmac = existing
         .as_deref()
-        .map(|s| desired::existing_hmac(&ctx.hmac_key, s));
+        .map(|s| crate::digest::existing_hmac(&ctx.hmac_key, s));
     let spec_unchanged = status.observed_generation == vs.metadata.generation;
     let source = &vs.spec.source;
 
@@ -426,8 +425,8 @@ async fn write_if_changed(
     spec_unchanged: bool,
 ) -> Result<Synced, Error> {
     let templated = template::render(&vs.spec.destination.templates, data)?;
-    let secret_data = desired::secret_data(data.to_text_map(), templated);
-    let hmac = desired::data_hmac(&ctx.hmac_key, &secret_data);
+    let secret_data = crate::managed::secret_data(data.to_text_map(), templated);
+    let hmac = crate::digest::data_hmac(&ctx.hmac_key, &secret_data);
     let name = vs.spec.destination.name.clone();
     let existing_version = existing
         .and_then(|s| {
@@ -471,7 +470,7 @@ async fn write_if_changed(
     let secret = desired::build_secret(vs, secret_data, version);
     api.patch(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(crate::managed::FIELD_MANAGER).force(),
         &Patch::Apply(&secret),
     )
     .await
@@ -530,7 +529,7 @@ fn status_behind_secret(vs: &VaultSecret, ctx: &Context) -> bool {
     };
     ctx.secrets
         .get(&ObjectRef::new(&vs.spec.destination.name).within(&vs.namespace().unwrap_or_default()))
-        .is_some_and(|secret| desired::existing_hmac(&ctx.hmac_key, &secret) != recorded)
+        .is_some_and(|secret| crate::digest::existing_hmac(&ctx.hmac_key, &secret) != recorded)
 }
 
 /// Advances the pending restart; a failure to reach a workload is retried, not fatal to the sync.
