@@ -192,6 +192,17 @@ eventually 30 ready_is dcred after True && ok "a DynamicCredential created after
 kill -0 "$OP_PID" 2>/dev/null && curl -sf "127.0.0.1:$METRICS_PORT/readyz" >/dev/null && ok "the operator is alive and ready" || bad "the operator died or is not ready"
 contains -i "panicked" "$OP_LOG" && bad "a reconcile panicked: $(grep -i panicked "$OP_LOG" | head -2)" || ok "no panic in the operator log"
 
+# The issuing token's Secret records when the token was issued, and a restarted operator keeps it.
+token_issued() { kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json \
+  | python3 -c 'import json,sys; print(" ".join(sorted(s["metadata"]["annotations"].get("vaultkeeper.dev/issued","") for s in json.load(sys.stdin)["items"] if "hardening" in s["metadata"]["annotations"].get("vaultkeeper.dev/identity",""))))'; }
+issued_before=$(token_issued)
+[ -n "$issued_before" ] && date -d "$issued_before" >/dev/null 2>&1 && ok "the lease token's Secret records its issue time ($issued_before)" || bad "no issue time on the lease token Secret: '$issued_before'"
+kill "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
+start_operator
+kubectl -n $NS patch dcred after --type=merge -p '{"spec":{"destination":{"labels":{"poke":"1"}}}}' >/dev/null
+eventually 30 bash -c "[ \"\$(kubectl -n $NS get dcred after -o jsonpath='{.status.observedGeneration}')\" = \"\$(kubectl -n $NS get dcred after -o jsonpath='{.metadata.generation}')\" ]" || bad "the restarted operator did not reconcile"
+[ "$(token_issued)" = "$issued_before" ] && ok "after an operator restart the token keeps its recorded issue time" || bad "issue time changed across a restart: $issued_before -> $(token_issued)"
+
 # 4. Deletion while Vault is down: the finalizer stays and Ready says why; once Vault is back the
 #    lease is revoked and the resource goes.
 lease=$(status_of dcred after leaseId)

@@ -2,6 +2,8 @@
 //! patches sent only on change, and Events (counted as Kubernetes writes).
 
 use crds::v1alpha1::reasons;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -53,6 +55,64 @@ where
     .await?;
     ctx.metrics.kube_write("status");
     Ok(())
+}
+
+/// A status with conditions (every kind's).
+pub trait Conditioned: Clone + Default + Serialize + PartialEq {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl Conditioned for crds::v1alpha1::VaultSecretStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+impl Conditioned for crds::v1alpha1::DynamicCredentialStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+impl Conditioned for crds::v1alpha1::CertificateRequestStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+/// A deletion whose revocation failed says so in `Ready` (`deleting: <error>`, under `reason`)
+/// and in a Warning Event while the finalizer stays; failures to report are only logged.
+pub async fn deletion_blocked<K, S>(
+    ctx: &Context,
+    resource: &K,
+    status: Option<&S>,
+    reason: &'static str,
+    error: &(dyn std::fmt::Display + Sync),
+    action: &str,
+) where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Conditioned,
+{
+    let current = status.cloned().unwrap_or_default();
+    let message = format!("deleting: {error}");
+    let mut new = current.clone();
+    *new.conditions_mut() = conditions::set(
+        new.conditions_mut(),
+        conditions::Desired {
+            type_: crds::v1alpha1::condition_types::READY,
+            status: false,
+            reason,
+            message: message.clone(),
+        },
+        resource.meta().generation,
+        &Time(Timestamp::now()),
+    );
+    if let Err(err) = patch_status(ctx, resource, status.is_some(), &current, &new).await {
+        tracing::debug!(error = %err, "failed to report a failed revocation");
+    }
+    publish(ctx, resource, EventType::Warning, reason, action, message).await;
+    tracing::warn!(namespace = resource.namespace().unwrap_or_default(), name = resource.name_any(), %error, "revocation on delete failed; retrying");
 }
 
 /// Publishes an Event about `resource`; a failure is logged, never fatal.

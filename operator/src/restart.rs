@@ -54,6 +54,18 @@ pub enum Progress {
     Wait(Timestamp, String),
 }
 
+/// Annotation on a managed Secret: the stamp its restart targets must reach for the data it holds,
+/// written with that data when it calls for a restart (DynamicCredential, CertificateRequest).
+pub const RESTART_FOR_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
+
+/// The restart stamp recorded on a Secret; a value that is not a stamp counts as not recorded.
+pub fn recorded_stamp(annotations: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    annotations
+        .get(RESTART_FOR_ANNOTATION)
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .cloned()
+}
+
 /// The stamp for data whose HMAC is `hmac`: short, stable, and reveals nothing.
 pub fn stamp_of(hmac: &str) -> String {
     hmac.trim_start_matches("sha256:")

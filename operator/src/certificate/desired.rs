@@ -354,7 +354,7 @@ pub fn build_secret(
 /// survives a lost status write or an operator stop between the two.
 pub const SUPERSEDED_ANNOTATION: &str = "vaultkeeper.dev/superseded-certificates";
 /// The restart stamp the restart targets must reach for this certificate.
-pub const RESTART_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
+pub const RESTART_ANNOTATION: &str = crate::restart::RESTART_FOR_ANNOTATION;
 const MAX_RECORDED_SUPERSEDED: usize = 16;
 
 /// What must follow a freshly issued certificate, recorded on its Secret.
@@ -397,10 +397,7 @@ pub fn follow_up_on_secret(secret: &Secret) -> FollowUp {
             revoke_after: None,
         })
         .collect();
-    let restart_for = a
-        .get(RESTART_ANNOTATION)
-        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
-        .cloned();
+    let restart_for = crate::restart::recorded_stamp(a);
     FollowUp {
         superseded,
         restart_for,

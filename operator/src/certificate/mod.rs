@@ -148,7 +148,15 @@ pub async fn reconcile(cr: Arc<CertificateRequest>, ctx: Arc<Context>) -> Result
         |cr| async move {
             let result = cleanup(&cr, ctx).await;
             if let Err(err) = &result {
-                report_cleanup_failure(&cr, ctx, err).await;
+                report::deletion_blocked(
+                    ctx,
+                    &*cr,
+                    cr.status.as_ref(),
+                    err.reason(),
+                    err,
+                    "Revoke",
+                )
+                .await;
             }
             result
         },
@@ -711,31 +719,6 @@ async fn retire(
     }
     status.superseded = keep;
     next
-}
-
-/// A deletion whose revocation failed says so in `Ready` (and an Event) while the finalizer stays.
-async fn report_cleanup_failure(cr: &CertificateRequest, ctx: &Context, err: &Error) {
-    let status = cr.status.clone().unwrap_or_default();
-    let message = format!("deleting: {err}");
-    let new_status = CertificateRequestStatus {
-        conditions: conditions::set(
-            &status.conditions,
-            Desired {
-                type_: condition_types::READY,
-                status: false,
-                reason: err.reason(),
-                message: message.clone(),
-            },
-            cr.metadata.generation,
-            &Time(Timestamp::now()),
-        ),
-        ..status.clone()
-    };
-    if let Err(patch) = patch_status(cr, ctx, &status, new_status).await {
-        tracing::debug!(error = %patch, "failed to report a failed revocation");
-    }
-    publish(ctx, cr, EventType::Warning, err.reason(), message).await;
-    tracing::warn!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), error = %err, "revocation on delete failed; retrying");
 }
 
 /// Revokes the current and superseded certificates when `revokeOnDelete` is set.

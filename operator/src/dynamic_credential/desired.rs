@@ -27,7 +27,7 @@ pub const SPEC_DIGEST_ANNOTATION: &str = "vaultkeeper.dev/credential-spec";
 pub const RETIRING_ANNOTATION: &str = "vaultkeeper.dev/retiring-leases";
 /// The restart stamp the restart targets must reach for this credential, written with it when its
 /// issue calls for a restart (rotation or spec change).
-pub const RESTART_ANNOTATION: &str = "vaultkeeper.dev/restart-for";
+pub const RESTART_ANNOTATION: &str = crate::restart::RESTART_FOR_ANNOTATION;
 /// At most this many retiring leases are recorded on the Secret.
 const MAX_RECORDED_RETIRING: usize = 16;
 /// Label on the Secret: the DynamicCredential that owns it.
@@ -161,10 +161,7 @@ pub fn follow_up_on_secret(secret: &Secret) -> FollowUp {
             revoke_after: None,
         })
         .collect();
-    let restart_for = a
-        .get(RESTART_ANNOTATION)
-        .filter(|s| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_hexdigit()))
-        .cloned();
+    let restart_for = crate::restart::recorded_stamp(a);
     FollowUp {
         retiring,
         restart_for,

@@ -160,7 +160,8 @@ pub async fn reconcile(dc: Arc<DynamicCredential>, ctx: Arc<Context>) -> Result<
         |dc| async move {
             let result = cleanup(&dc, ctx).await;
             if let Err(err) = &result {
-                report_cleanup_failure(&dc, ctx, err).await;
+                report::deletion_blocked(ctx, &*dc, dc.status.as_ref(), err.reason(), err, "Lease")
+                    .await;
             }
             result
         },
@@ -838,31 +839,6 @@ async fn retire(
     }
     status.retiring_leases = keep;
     next
-}
-
-/// A deletion whose revocation failed says so in `Ready` (and an Event) while the finalizer stays.
-async fn report_cleanup_failure(dc: &DynamicCredential, ctx: &Context, err: &Error) {
-    let status = dc.status.clone().unwrap_or_default();
-    let message = format!("deleting: {err}");
-    let new_status = DynamicCredentialStatus {
-        conditions: conditions::set(
-            &status.conditions,
-            Desired {
-                type_: condition_types::READY,
-                status: false,
-                reason: err.reason(),
-                message: message.clone(),
-            },
-            dc.metadata.generation,
-            &Time(Timestamp::now()),
-        ),
-        ..status.clone()
-    };
-    if let Err(patch) = patch_status(dc, ctx, &status, new_status).await {
-        tracing::debug!(error = %patch, "failed to report a failed revocation");
-    }
-    publish(ctx, dc, EventType::Warning, err.reason(), message).await;
-    tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), error = %err, "revocation on delete failed; retrying");
 }
 
 /// Revokes the current and retiring leases when `revokeOnDelete` is set.
