@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod operator_key;
 pub mod report;
 pub mod restart;
+pub mod retirement;
 pub mod template;
 pub mod vault_api;
 pub mod vault_secret;

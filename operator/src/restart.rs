@@ -363,6 +363,42 @@ pub async fn rollouts(
     }
 }
 
+/// Whether `resource`'s restarted workloads finished their rollout, or waiting for it gave up
+/// (then a Warning Event `RolloutNotFinished` says why, followed by `consequence`).
+pub async fn rollouts_done<K: kube::Resource<DynamicType = ()>>(
+    ctx: &crate::context::Context,
+    resource: &K,
+    targets: &[RestartTarget],
+    pending: bool,
+    since: Timestamp,
+    now: Timestamp,
+    consequence: &str,
+) -> bool {
+    let namespace = resource.meta().namespace.clone().unwrap_or_default();
+    let state = rollouts(
+        &ctx.client,
+        &namespace,
+        targets,
+        pending,
+        since,
+        ctx.restarts.rollout_timeout,
+        now,
+    )
+    .await;
+    if let Rollouts::GaveUp(why) = &state {
+        crate::report::publish(
+            ctx,
+            resource,
+            kube::runtime::events::EventType::Warning,
+            reasons::ROLLOUT_NOT_FINISHED,
+            "Rollout",
+            format!("{why}; {consequence}"),
+        )
+        .await;
+    }
+    state != Rollouts::Running
+}
+
 /// A Deployment whose rollout Kubernetes gave up on (`Progressing=False`,
 /// `ProgressDeadlineExceeded`).
 pub fn rollout_stalled(data: &Value) -> bool {

@@ -35,6 +35,7 @@ use crate::identity::IdentityError;
 use crate::managed::FIELD_MANAGER;
 use crate::report;
 use crate::restart;
+use crate::retirement::{self, Retiring};
 use crate::vault_api::VaultApi;
 use desired::{CertFacts, Plan, Step};
 use key::Key;
@@ -638,56 +639,45 @@ async fn retire(
     if status.superseded.is_empty() {
         return None;
     }
-    let namespace = cr.namespace().unwrap_or_default();
-    let mut rolled_out = None;
-    let mut keep = Vec::new();
-    let mut next = None;
-    for mut old in std::mem::take(&mut status.superseded) {
-        if old.not_after.as_ref().is_some_and(|t| t.0 <= now) {
-            continue; // ended on its own
-        }
-        if old.revoke_after.is_none() {
-            if rolled_out.is_none() {
-                let state = restart::rollouts(
-                    &ctx.client,
-                    &namespace,
-                    &cr.spec.restart_targets,
-                    status.pending_restart.is_some(),
-                    since,
-                    ctx.restarts.rollout_timeout,
-                    now,
-                )
-                .await;
-                if let restart::Rollouts::GaveUp(why) = &state {
-                    publish(
-                        ctx,
-                        cr,
-                        EventType::Warning,
-                        reasons::ROLLOUT_NOT_FINISHED,
-                        format!("{why}; the superseded certificate is revoked anyway"),
-                    )
-                    .await;
-                }
-                rolled_out = Some(state != restart::Rollouts::Running);
-            }
-            if rolled_out == Some(true) {
-                old.revoke_after = Some(Time(now));
-            } else {
-                next = Some(now + SignedDuration::from_secs(2));
-                keep.push(old);
-                continue;
-            }
-        }
-        let mount = cr.spec.mount.as_str();
-        let serial = old.serial_number.as_str();
+    let retiring: Vec<Retiring> = status
+        .superseded
+        .iter()
+        .map(|s| Retiring {
+            id: s.serial_number.clone(),
+            ends: s.not_after.as_ref().map(|t| t.0),
+            revoke_after: s.revoke_after.as_ref().map(|t| t.0),
+        })
+        .collect();
+    // Gather: the rollout matters only while a certificate waits for it.
+    let rolled_out = retirement::waits_for_rollout(&retiring, now)
+        && restart::rollouts_done(
+            ctx,
+            cr,
+            &cr.spec.restart_targets,
+            status.pending_restart.is_some(),
+            since,
+            now,
+            "the superseded certificate is revoked anyway",
+        )
+        .await;
+    // Decide (no grace: a superseded certificate goes once the workloads moved), then act.
+    let mut decision = retirement::decide(retiring, rolled_out, Duration::ZERO, now);
+    let mount = cr.spec.mount.as_str();
+    for old in std::mem::take(&mut decision.revoke) {
+        let serial = old.id.as_str();
         let revoked = ctx
             .identities
             .with_token(&plan.identity, client, |token| async move {
                 client.pki_revoke(&token, mount, serial).await
             })
             .await;
-        match revoked {
-            Ok(Ok(())) => {
+        let error = match revoked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        match error {
+            None => {
                 publish(
                     ctx,
                     cr,
@@ -697,28 +687,26 @@ async fn retire(
                 )
                 .await;
             }
-            other => {
-                let error = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(())) => unreachable!(),
-                };
+            Some(error) => {
                 tracing::warn!(
                     serial,
                     error,
                     "failed to revoke a superseded certificate; retrying"
                 );
-                next = Some(
-                    next.map_or(now + SignedDuration::from_secs(30), |n: Timestamp| {
-                        n.min(now + SignedDuration::from_secs(30))
-                    }),
-                );
-                keep.push(old);
+                decision.revocation_failed(old, now);
             }
         }
     }
-    status.superseded = keep;
-    next
+    status.superseded = decision
+        .keep
+        .into_iter()
+        .map(|r| SupersededCertificate {
+            serial_number: r.id,
+            not_after: r.ends.map(Time),
+            revoke_after: r.revoke_after.map(Time),
+        })
+        .collect();
+    decision.wake
 }
 
 /// Revokes the current and superseded certificates when `revokeOnDelete` is set.

@@ -34,6 +34,7 @@ use crate::lease_tokens::{LeaseToken, LeaseTokenError};
 use crate::managed::FIELD_MANAGER;
 use crate::report;
 use crate::restart;
+use crate::retirement::{self, Retiring};
 use crate::template;
 use crate::vault_api::VaultApi;
 use desired::Plan;
@@ -766,79 +767,57 @@ async fn retire(
     if status.retiring_leases.is_empty() {
         return None;
     }
-    let namespace = dc.namespace().unwrap_or_default();
-    let mut rolled_out = None;
-    let mut next: Option<Timestamp> = None;
-    let mut keep = Vec::new();
-    for mut retiring in std::mem::take(&mut status.retiring_leases) {
-        if retiring.expiry_time.as_ref().is_some_and(|t| t.0 <= now) {
-            continue; // expired on its own
-        }
-        if retiring.revoke_after.is_none() {
-            if rolled_out.is_none() {
-                let state = restart::rollouts(
-                    &ctx.client,
-                    &namespace,
-                    &dc.spec.restart_targets,
-                    status.pending_restart.is_some(),
-                    since,
-                    ctx.restarts.rollout_timeout,
-                    now,
+    let retiring: Vec<Retiring> = status
+        .retiring_leases
+        .iter()
+        .map(|r| Retiring {
+            id: r.lease_id.clone(),
+            ends: r.expiry_time.as_ref().map(|t| t.0),
+            revoke_after: r.revoke_after.as_ref().map(|t| t.0),
+        })
+        .collect();
+    // Gather: the rollout matters only while a lease waits for it.
+    let rolled_out = retirement::waits_for_rollout(&retiring, now)
+        && restart::rollouts_done(
+            ctx,
+            dc,
+            &dc.spec.restart_targets,
+            status.pending_restart.is_some(),
+            since,
+            now,
+            "the previous lease is revoked after the grace period anyway",
+        )
+        .await;
+    // Decide, then act.
+    let mut decision = retirement::decide(retiring, rolled_out, plan.grace, now);
+    for lease in std::mem::take(&mut decision.revoke) {
+        match client.revoke_lease(&token.token, &lease.id).await {
+            Ok(()) => {
+                publish(
+                    ctx,
+                    dc,
+                    EventType::Normal,
+                    reasons::REVOKED,
+                    format!("Revoked previous lease {}", lease.id),
                 )
                 .await;
-                if let restart::Rollouts::GaveUp(why) = &state {
-                    publish(
-                        ctx,
-                        dc,
-                        EventType::Warning,
-                        reasons::ROLLOUT_NOT_FINISHED,
-                        format!(
-                            "{why}; the previous lease is revoked after the grace period anyway"
-                        ),
-                    )
-                    .await;
-                }
-                rolled_out = Some(state != restart::Rollouts::Running);
             }
-            if rolled_out == Some(true) {
-                retiring.revoke_after = Some(Time(crate::clock::after(now, plan.grace)));
-            } else {
-                next = Some(next.map_or(now + SignedDuration::from_secs(2), |n| {
-                    n.min(now + SignedDuration::from_secs(2))
-                }));
-                keep.push(retiring);
-                continue;
+            Err(err) => {
+                tracing::warn!(lease_id = %lease.id, error = %err, "failed to revoke a previous lease; retrying");
+                decision.revocation_failed(lease, now);
             }
         }
-        let after = retiring.revoke_after.as_ref().map(|t| t.0).unwrap_or(now);
-        if after <= now {
-            match client.revoke_lease(&token.token, &retiring.lease_id).await {
-                Ok(()) => {
-                    publish(
-                        ctx,
-                        dc,
-                        EventType::Normal,
-                        reasons::REVOKED,
-                        format!("Revoked previous lease {}", retiring.lease_id),
-                    )
-                    .await;
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(lease_id = %retiring.lease_id, error = %err, "failed to revoke a previous lease; retrying");
-                    next = Some(next.map_or(now + SignedDuration::from_secs(30), |n| {
-                        n.min(now + SignedDuration::from_secs(30))
-                    }));
-                    keep.push(retiring);
-                    continue;
-                }
-            }
-        }
-        next = Some(next.map_or(after, |n| n.min(after)));
-        keep.push(retiring);
     }
-    status.retiring_leases = keep;
-    next
+    status.retiring_leases = decision
+        .keep
+        .into_iter()
+        .map(|r| RetiringLease {
+            lease_id: r.id,
+            expiry_time: r.ends.map(Time),
+            revoke_after: r.revoke_after.map(Time),
+        })
+        .collect();
+    decision.wake
 }
 
 /// Revokes the current and retiring leases when `revokeOnDelete` is set.
