@@ -4,14 +4,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crds::v1alpha1::{DynamicCredential, RetiringLease};
+use crds::v1alpha1::{
+    DynamicCredential, DynamicCredentialStatus, RetiringLease, condition_types, reasons,
+};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::schedule::LeaseRecord;
+use crate::conditions::{self, Desired};
 use crate::identity::IdentityKey;
 use crate::template;
 
@@ -218,6 +222,81 @@ pub fn build_secret(
     )
 }
 
+/// What a successful reconcile did, for the status.
+pub struct Outcome {
+    /// What happened to the lease (issued, renewed, capped), as (ok, reason, message).
+    pub renewal: Option<(bool, &'static str, String)>,
+    /// Where the restart of the targets stands, when it moved.
+    pub restarts: Option<Desired>,
+    /// When the lease is next renewed or rotated.
+    pub next_renewal: Timestamp,
+}
+
+/// The whole status after a successful reconcile: the lease facts and retiring leases already in
+/// `status`, plus `Ready`, `LeaseRenewal` (when something happened to the lease), `Restarts` and
+/// `Rotating`. Pure: `now` stamps the transitions.
+pub fn settled_status(
+    dc: &DynamicCredential,
+    path: &str,
+    mut status: DynamicCredentialStatus,
+    outcome: Outcome,
+    now: Timestamp,
+) -> DynamicCredentialStatus {
+    let generation = dc.metadata.generation;
+    let t = Time(now);
+    status.next_renewal_time = Some(Time(outcome.next_renewal));
+    status.observed_generation = generation;
+    let ready = Desired {
+        type_: condition_types::READY,
+        status: true,
+        reason: reasons::SYNCED,
+        message: format!(
+            "Secret {:?} holds a credential from {path} (lease {}, expires {})",
+            dc.spec.destination.name,
+            status.lease_id.clone().unwrap_or_default(),
+            status
+                .expiry_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        ),
+    };
+    status.conditions = conditions::set(&status.conditions, ready, generation, &t);
+    if let Some((ok, reason, message)) = outcome.renewal {
+        let renewal = Desired {
+            type_: condition_types::LEASE_RENEWAL,
+            status: ok,
+            reason,
+            message,
+        };
+        status.conditions = conditions::set(&status.conditions, renewal, generation, &t);
+    }
+    if let Some(c) = outcome.restarts {
+        status.conditions = conditions::set(&status.conditions, c, generation, &t);
+    }
+    let rotating = !status.retiring_leases.is_empty();
+    let rotation = Desired {
+        type_: condition_types::ROTATING,
+        status: rotating,
+        reason: if rotating {
+            reasons::WAITING_FOR_ROLLOUT
+        } else {
+            reasons::IDLE
+        },
+        message: if rotating {
+            format!(
+                "{} previous lease(s) will be revoked after the restarted workloads rolled out and {:?} passed",
+                status.retiring_leases.len(),
+                dc.spec.rotation_grace_period
+            )
+        } else {
+            "no rotation in progress".to_owned()
+        },
+    };
+    status.conditions = conditions::set(&status.conditions, rotation, generation, &t);
+    status
+}
+
 pub use crate::managed::owned_by;
 
 #[cfg(test)]
@@ -366,6 +445,52 @@ mod tests {
         assert_eq!(lease_on_secret(&secret), None);
         assert!(lease_record_invalid(&secret));
         assert_eq!(follow_up_on_secret(&secret), FollowUp::default());
+    }
+
+    #[test]
+    fn settled_status_says_ready_and_rotating_without_the_credential() {
+        let d = dc(LeaseSource {
+            mount: Some("database".into()),
+            role: Some("app".into()),
+            path: None,
+            method: None,
+            parameters: Default::default(),
+        });
+        let now: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        let status = DynamicCredentialStatus {
+            lease_id: Some("database/creds/app/new".into()),
+            retiring_leases: vec![RetiringLease {
+                lease_id: "database/creds/app/old".into(),
+                expiry_time: None,
+                revoke_after: None,
+            }],
+            ..Default::default()
+        };
+        let settled = settled_status(
+            &d,
+            "database/creds/app",
+            status,
+            Outcome {
+                renewal: Some((true, reasons::ISSUED, "lease issued".into())),
+                restarts: None,
+                next_renewal: now,
+            },
+            now,
+        );
+        let find = |t: &str| conditions::find(&settled.conditions, t).cloned().unwrap();
+        assert_eq!(find(condition_types::READY).status, "True");
+        assert!(
+            find(condition_types::READY)
+                .message
+                .contains("database/creds/app/new")
+        );
+        assert_eq!(find(condition_types::ROTATING).status, "True");
+        assert_eq!(
+            find(condition_types::ROTATING).reason,
+            reasons::WAITING_FOR_ROLLOUT
+        );
+        assert_eq!(find(condition_types::LEASE_RENEWAL).reason, reasons::ISSUED);
+        assert_eq!(settled.next_renewal_time, Some(Time(now)));
     }
 
     #[test]

@@ -550,71 +550,16 @@ async fn sync(
     .flatten()
     .min()
     .unwrap_or(next_lease);
-    status.next_renewal_time = Some(Time(next_lease));
-    status.observed_generation = dc.metadata.generation;
-
-    let ready_message = format!(
-        "Secret {:?} holds a credential from {} (lease {}, expires {})",
-        dest,
-        plan.path,
-        status.lease_id.clone().unwrap_or_default(),
-        status
-            .expiry_time
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default()
-    );
-    let t = Time(now);
-    status.conditions = conditions::set(
-        &status.conditions,
-        Desired {
-            type_: condition_types::READY,
-            status: true,
-            reason: reasons::SYNCED,
-            message: ready_message,
+    let status = desired::settled_status(
+        dc,
+        &plan.path,
+        status,
+        desired::Outcome {
+            renewal: renewal_note,
+            restarts: advanced.condition,
+            next_renewal: next_lease,
         },
-        dc.metadata.generation,
-        &t,
-    );
-    if let Some((ok, reason, message)) = renewal_note {
-        status.conditions = conditions::set(
-            &status.conditions,
-            Desired {
-                type_: condition_types::LEASE_RENEWAL,
-                status: ok,
-                reason,
-                message,
-            },
-            dc.metadata.generation,
-            &t,
-        );
-    }
-    if let Some(c) = advanced.condition {
-        status.conditions = conditions::set(&status.conditions, c, dc.metadata.generation, &t);
-    }
-    let rotating = !status.retiring_leases.is_empty();
-    status.conditions = conditions::set(
-        &status.conditions,
-        Desired {
-            type_: condition_types::ROTATING,
-            status: rotating,
-            reason: if rotating {
-                reasons::WAITING_FOR_ROLLOUT
-            } else {
-                reasons::IDLE
-            },
-            message: if rotating {
-                format!(
-                    "{} previous lease(s) will be revoked after the restarted workloads rolled out and {:?} passed",
-                    status.retiring_leases.len(),
-                    dc.spec.rotation_grace_period
-                )
-            } else {
-                "no rotation in progress".to_owned()
-            },
-        },
-        dc.metadata.generation,
-        &t,
+        now,
     );
     Ok((status, next))
 }
