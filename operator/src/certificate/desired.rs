@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crds::v1alpha1::{CertificateRequest, IssueMode, KeyAlgorithm, SupersededCertificate};
+use crds::v1alpha1::{
+    CertificateRequest, CertificateRequestStatus, IssueMode, KeyAlgorithm, SupersededCertificate,
+    condition_types, reasons,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -12,6 +15,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use vault::{CertificateOptions, IssuedCertificate, KeyRequest};
 
+use crate::conditions::{self, Desired};
 use crate::identity::IdentityKey;
 
 /// Digest of the spec fields that define the certificate; a change means a new certificate.
@@ -415,6 +419,48 @@ pub fn metadata_current(secret: &Secret, cr: &CertificateRequest) -> bool {
             .annotations
             .iter()
             .all(|(k, v)| annotations.get(k) == Some(v))
+}
+
+/// The whole status after a successful reconcile: the certificate facts and superseded
+/// certificates already in `status`, plus `Ready`, `Issuing` (`issuing`: what happened, as reason
+/// and message) and `Restarts` (when the restart moved). Pure: `now` stamps the transitions.
+pub fn settled_status(
+    cr: &CertificateRequest,
+    mut status: CertificateRequestStatus,
+    facts: &CertFacts,
+    issuing: (&'static str, String),
+    restarts: Option<Desired>,
+    now: Timestamp,
+) -> CertificateRequestStatus {
+    let generation = cr.metadata.generation;
+    let t = Time(now);
+    status.observed_generation = generation;
+    let renewal = status
+        .renewal_time
+        .as_ref()
+        .map(|r| r.0.to_string())
+        .unwrap_or_default();
+    let ready = Desired {
+        type_: condition_types::READY,
+        status: true,
+        reason: reasons::SYNCED,
+        message: format!(
+            "Secret {:?} holds certificate {}, valid until {}; renewal at {renewal}",
+            cr.spec.destination.name, facts.serial, facts.not_after
+        ),
+    };
+    status.conditions = conditions::set(&status.conditions, ready, generation, &t);
+    let issuing = Desired {
+        type_: condition_types::ISSUING,
+        status: false,
+        reason: issuing.0,
+        message: issuing.1,
+    };
+    status.conditions = conditions::set(&status.conditions, issuing, generation, &t);
+    if let Some(c) = restarts {
+        status.conditions = conditions::set(&status.conditions, c, generation, &t);
+    }
+    status
 }
 
 pub use crate::managed::owned_by;

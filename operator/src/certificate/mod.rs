@@ -471,36 +471,7 @@ async fn sync(
         .flatten()
         .min()
         .unwrap_or(renewal);
-    status.observed_generation = cr.metadata.generation;
-    let t = Time(now);
-    status.conditions = conditions::set(
-        &status.conditions,
-        Desired {
-            type_: condition_types::READY,
-            status: true,
-            reason: reasons::SYNCED,
-            message: format!(
-                "Secret {:?} holds certificate {}, valid until {}; renewal at {}",
-                dest, facts.serial, facts.not_after, renewal
-            ),
-        },
-        cr.metadata.generation,
-        &t,
-    );
-    status.conditions = conditions::set(
-        &status.conditions,
-        Desired {
-            type_: condition_types::ISSUING,
-            status: false,
-            reason: issuing_note.0,
-            message: issuing_note.1,
-        },
-        cr.metadata.generation,
-        &t,
-    );
-    if let Some(c) = advanced.condition {
-        status.conditions = conditions::set(&status.conditions, c, cr.metadata.generation, &t);
-    }
+    let status = desired::settled_status(cr, status, &facts, issuing_note, advanced.condition, now);
     Ok((status, next))
 }
 
