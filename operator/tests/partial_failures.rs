@@ -11,6 +11,8 @@ use crds::v1alpha1::{
     CertificateRequest, CertificateRequestStatus, DynamicCredential, DynamicCredentialStatus,
     VaultSecret, VaultSecretStatus, condition_types, reasons,
 };
+use std::time::Duration;
+
 use http::Method;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -698,6 +700,20 @@ async fn dc_lagging_caches_neither_issue_nor_restart_again() {
     run.assert_replaced(Kind::Dynamic, &old, 0, &[]);
 }
 
+/// A Secret apply that took effect but whose answer was lost (a timeout) is taken for a failed
+/// one, and the credential now in the Secret is revoked under the workloads.
+#[tokio::test]
+#[ignore = "defect: dynamic_credential/mod.rs:730 issue(): an ApplySecret error whose write took effect (timeout, 5xx after the write) revokes the lease the Secret now holds; the workloads run on a revoked credential until the next renewal finds it gone"]
+async fn dc_lost_answer_of_a_secret_apply_does_not_revoke_the_written_lease() {
+    let (mut run, old) = dc_before_rotation().await;
+    run.world
+        .api
+        .lose_answer_of_next(Method::PATCH, "/secrets/db-creds", 504);
+    run.dc().await.expect_failed();
+    run.settle(Kind::Dynamic).await;
+    run.assert_replaced(Kind::Dynamic, &old, 0, &[]);
+}
+
 /// Two replacements in a row, the first one's status write lost: the credential of the first
 /// replacement (only the Secret knew it) is replaced in turn, and all but the newest are revoked
 /// after the rollout.
@@ -738,6 +754,12 @@ async fn second_replacement_after_a_lost_status(kind: Kind) {
 #[tokio::test]
 async fn dc_second_rotation_after_a_lost_status_revokes_both_replaced_leases() {
     second_replacement_after_a_lost_status(Kind::Dynamic).await;
+}
+
+#[tokio::test]
+#[ignore = "defect: certificate/mod.rs:369-381 sync(): when the status lags the Secret (its write after an issue was lost) and the next reconcile issues again (the spec changed meanwhile), the certificate to supersede is taken from status.serialNumber (already superseded by the take-up) instead of the Secret's; the certificate only the Secret knew is never revoked (valid until notAfter). Taking previous and not_after from `stored` first fixes it"]
+async fn certificate_second_renewal_after_a_lost_status_revokes_both_superseded() {
+    second_replacement_after_a_lost_status(Kind::Certificate).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -877,6 +899,45 @@ async fn certificate_secret_apply_conflict_revokes_the_new_certificate() {
     );
     assert_eq!(run.held(Kind::Certificate), old);
 
+    run.settle(Kind::Certificate).await;
+    run.assert_replaced(Kind::Certificate, &old, 0, &[]);
+}
+
+/// A PKI role may backdate notBefore (`not_before_duration`) to allow for clock skew; the wait
+/// for the rollout must still run from when the certificate was written.
+#[tokio::test]
+#[ignore = "defect: certificate/mod.rs:453 bounds the rollout wait from the certificate's notBefore; a PKI role whose not_before_duration exceeds --rollout-timeout (30m) makes the superseded certificate count as timed out at once, so it is revoked in the same reconcile that restarts the workloads"]
+async fn certificate_backdated_by_its_role_still_waits_for_the_rollout() {
+    let mut run = Run::of(Kind::Certificate);
+    run.world
+        .vault
+        .backdate_certificates(Duration::from_secs(2 * 3600));
+    run.settle(Kind::Certificate).await;
+    let old = run.held(Kind::Certificate);
+    Kind::Certificate.change_spec(&run.world);
+    run.cert().await.expect_done();
+    assert!(run.world.rollout_running(TARGET), "restarted");
+    assert!(
+        run.live(Kind::Certificate).contains(&old),
+        "the superseded certificate is kept while the rollout runs\n{}",
+        run.world.steps.dump()
+    );
+    run.settle(Kind::Certificate).await;
+    run.assert_replaced(Kind::Certificate, &old, 0, &[]);
+}
+
+/// The certificate counterpart of the lost Secret apply answer.
+#[tokio::test]
+#[ignore = "defect: certificate/mod.rs:578 issue(): a write_secret error whose write took effect (timeout, 5xx after the write) revokes the certificate the Secret now holds; workloads serve a revoked certificate until its renewal"]
+async fn certificate_lost_answer_of_a_secret_apply_does_not_revoke_the_written_one() {
+    let mut run = Run::of(Kind::Certificate);
+    run.settle(Kind::Certificate).await;
+    let old = run.held(Kind::Certificate);
+    Kind::Certificate.change_spec(&run.world);
+    run.world
+        .api
+        .lose_answer_of_next(Method::PATCH, "/secrets/web-tls", 504);
+    run.cert().await.expect_failed();
     run.settle(Kind::Certificate).await;
     run.assert_replaced(Kind::Certificate, &old, 0, &[]);
 }

@@ -78,6 +78,11 @@ impl FakeApi {
         self.push_fault(method, path_suffix, status, false);
     }
 
+    /// Makes the next such request take effect but answer `status` (the answer was lost).
+    pub fn lose_answer_of_next(&self, method: Method, path_suffix: &str, status: u16) {
+        self.push_fault(method, path_suffix, status, true);
+    }
+
     fn push_fault(&self, method: Method, path_suffix: &str, status: u16, after_effect: bool) {
         self.lock().faults.push(Fault {
             method,

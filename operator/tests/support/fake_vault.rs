@@ -62,6 +62,12 @@ impl FakeVault {
         self.lock().faults.entry(verb).or_default().push(status);
     }
 
+    /// Certificates issued from now on start `by` before their issue (Vault's default is 30s;
+    /// roles set more to allow for clock skew).
+    pub fn backdate_certificates(&self, by: Duration) {
+        self.lock().backdate = Some(by);
+    }
+
     pub fn leases(&self) -> Vec<Issued> {
         self.lock().leases.clone()
     }
