@@ -22,7 +22,8 @@ pub struct Logged {
     pub method: Method,
     pub path: String,
     pub body: Value,
-    pub status: u16,
+    /// The request changed what the API holds (whatever it answered).
+    pub took_effect: bool,
 }
 
 struct Fault {
@@ -38,6 +39,8 @@ struct State {
     objects: BTreeMap<String, Value>,
     log: Vec<Logged>,
     faults: Vec<Fault>,
+    /// The write at this step takes effect and its answer is lost.
+    lose_answer_at: Option<u64>,
     revision: u64,
 }
 
@@ -81,6 +84,11 @@ impl FakeApi {
     /// Makes the next such request take effect but answer `status` (the answer was lost).
     pub fn lose_answer_of_next(&self, method: Method, path_suffix: &str, status: u16) {
         self.push_fault(method, path_suffix, status, true);
+    }
+
+    /// Makes the write at step `n` take effect but answer 504 (its answer was lost).
+    pub fn lose_answer_at_step(&self, n: u64) {
+        self.lock().lose_answer_at = Some(n);
     }
 
     fn push_fault(&self, method: Method, path_suffix: &str, status: u16, after_effect: bool) {
@@ -145,14 +153,14 @@ impl FakeApi {
         self.lock().log.clone()
     }
 
-    /// The requests that changed `path` (or its subresources) and were answered with success.
+    /// The requests that changed `path` (or its subresources), answered or not.
     pub fn writes_to(&self, path: &str) -> Vec<Logged> {
         self.log()
             .into_iter()
             .filter(|l| {
                 l.method != Method::GET
                     && (l.path == path || l.path.starts_with(&format!("{path}/")))
-                    && l.status < 300
+                    && l.took_effect
             })
             .collect()
     }
@@ -186,14 +194,24 @@ impl FakeApi {
             .faults
             .iter()
             .position(|f| f.method == method && path.ends_with(&f.path_suffix))
-            .map(|i| state.faults.remove(i));
-        let (status, answer) = match &fault {
-            Some(f) if !f.after_effect => (f.status, failure(f.status, "injected by the test")),
+            .map(|i| state.faults.remove(i))
+            .or_else(|| {
+                (state.lose_answer_at == Some(step) && method != Method::GET).then(|| Fault {
+                    method: method.clone(),
+                    path_suffix: path.clone(),
+                    status: 504,
+                    after_effect: true,
+                })
+            });
+        let (status, answer, took_effect) = match &fault {
+            Some(f) if !f.after_effect => {
+                (f.status, failure(f.status, "injected by the test"), false)
+            }
             _ => {
                 let (status, answer) = serve(&mut state, &method, &path, &content_type, &body);
                 match &fault {
-                    Some(f) if status < 300 => (f.status, failure(f.status, "answer lost")),
-                    _ => (status, answer),
+                    Some(f) if status < 300 => (f.status, failure(f.status, "answer lost"), true),
+                    _ => (status, answer, status < 300),
                 }
             }
         };
@@ -202,7 +220,7 @@ impl FakeApi {
             method,
             path,
             body,
-            status,
+            took_effect,
         });
         Some(
             Response::builder()

@@ -17,6 +17,8 @@ struct Inner {
     stop_at: Option<u64>,
     halted: bool,
     stops: Vec<(u64, String)>,
+    /// What each step was (index = step - 1).
+    whats: Vec<String>,
     log: Vec<String>,
 }
 
@@ -38,6 +40,7 @@ impl Steps {
         }
         inner.count += 1;
         let n = inner.count;
+        inner.whats.push(what.clone());
         if inner.stop_at == Some(n) {
             inner.halted = true;
             inner.log.push(format!("{n:4} STOPPED before {what}"));
@@ -53,6 +56,12 @@ impl Steps {
     /// The number of steps taken so far (a test's own actions are placed between them).
     pub fn now(&self) -> u64 {
         self.inner.lock().expect("steps lock").count
+    }
+
+    /// What step `n` was.
+    pub fn what(&self, n: u64) -> String {
+        let inner = self.inner.lock().expect("steps lock");
+        inner.whats[usize::try_from(n - 1).expect("a step number")].clone()
     }
 
     /// Notes a test action in the log without counting it as a step.
