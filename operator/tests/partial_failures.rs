@@ -338,10 +338,7 @@ impl Run {
             Kind::KeyValue => {
                 let s = vs_status(&self.world);
                 let hmac = self.world.secret(kind.secret()).map(|secret| {
-                    vaultkeeper_operator::vault_secret::desired::existing_hmac(
-                        &support::HMAC_KEY,
-                        &secret,
-                    )
+                    vaultkeeper_operator::digest::existing_hmac(&support::HMAC_KEY, &secret)
                 });
                 ready(&s.conditions).0 == "True"
                     && s.observed_generation == generation

@@ -143,9 +143,7 @@ pub fn stamp_of_data(secret: &Secret) -> String {
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
-    restart::stamp_of(&vaultkeeper_operator::vault_secret::desired::data_hmac(
-        &HMAC_KEY, &data,
-    ))
+    restart::stamp_of(&vaultkeeper_operator::digest::data_hmac(&HMAC_KEY, &data))
 }
 
 /// How a reconcile ended.
