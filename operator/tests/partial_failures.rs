@@ -700,7 +700,7 @@ async fn dc_lagging_caches_neither_issue_nor_restart_again() {
 /// A Secret apply that took effect but whose answer was lost (a timeout) is taken for a failed
 /// one, and the credential now in the Secret is revoked under the workloads.
 #[tokio::test]
-#[ignore = "defect: dynamic_credential/mod.rs:730 issue(): an ApplySecret error whose write took effect (timeout, 5xx after the write) revokes the lease the Secret now holds; the workloads run on a revoked credential until the next renewal finds it gone"]
+
 async fn dc_lost_answer_of_a_secret_apply_does_not_revoke_the_written_lease() {
     let (mut run, old) = dc_before_rotation().await;
     run.world
@@ -734,7 +734,7 @@ async fn failed_write_then_failed_revocation(kind: Kind) {
 }
 
 #[tokio::test]
-#[ignore = "defect: dynamic_credential/mod.rs:739 revoke_unused(): when revoking the credential that could not be written fails (Vault 5xx), the lease id is only logged, recorded nowhere, and never retried: the lease stays live until its TTL ends"]
+
 async fn dc_failed_revocation_of_an_unwritten_lease_is_retried() {
     failed_write_then_failed_revocation(Kind::Dynamic).await;
 }

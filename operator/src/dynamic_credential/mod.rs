@@ -85,11 +85,19 @@ pub enum Error {
     CleanupPlan(String),
     #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
     Panicked(String),
+    /// A credential was issued but not written, and revoking it failed too: it is recorded as
+    /// retiring (revoked on the next reconcile) and the write retried.
+    #[error("{source}; the unused credential could not be revoked yet and will be")]
+    Unwritten {
+        orphan: RetiringLease,
+        source: Box<Error>,
+    },
 }
 
 impl Error {
     fn vault_error(&self) -> Option<&VaultError> {
         match self {
+            Self::Unwritten { source, .. } => source.vault_error(),
             Self::Token(e) => e.vault_error(),
             Self::Issue { source, .. }
             | Self::Renew { source, .. }
@@ -100,6 +108,9 @@ impl Error {
 
     /// Condition reason, also the `result` label of the sync metric.
     pub fn reason(&self) -> &'static str {
+        if let Self::Unwritten { source, .. } = self {
+            return source.reason();
+        }
         if let Some(e) = self.vault_error() {
             return report::vault_reason(e);
         }
@@ -145,6 +156,7 @@ pub async fn run(
 
 /// Errors that only a change of the resource can heal.
 fn waits_for_change(error: &Error) -> bool {
+    // An unwritten credential that could not be revoked is retried, so that it is revoked.
     matches!(
         error,
         Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. }
@@ -282,7 +294,7 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
             };
             let was = conditions::find(&status.conditions, condition_types::READY)
                 .map(|c| (c.status.clone(), c.reason.clone()));
-            let new_status = DynamicCredentialStatus {
+            let mut new_status = DynamicCredentialStatus {
                 conditions: conditions::set(
                     &status.conditions,
                     condition.clone(),
@@ -292,6 +304,9 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
                 observed_generation: dc.metadata.generation,
                 ..status.clone()
             };
+            if let Error::Unwritten { orphan, .. } = &err {
+                new_status.retiring_leases.push(orphan.clone());
+            }
             patch_status(dc, ctx, &status, new_status).await?;
             if was != Some(("False".to_owned(), err.reason().to_owned())) {
                 publish(ctx, dc, EventType::Warning, err.reason(), condition.message).await;
@@ -380,6 +395,19 @@ async fn sync(
         .is_some_and(|d| *d != plan.spec_digest);
 
     let token = lease_token(ctx, &plan, client).await?;
+    // The credential the Secret holds is never revoked, whatever a record says.
+    if let Some(l) = &lease {
+        status.retiring_leases.retain(|r| r.lease_id != l.id);
+    }
+    // Credentials already due (an unwritten one whose revocation failed) go first, whatever this
+    // reconcile does next.
+    if status
+        .retiring_leases
+        .iter()
+        .any(|r| r.revoke_after.as_ref().is_some_and(|t| t.0 <= now))
+    {
+        retire(dc, ctx, client, &token, &plan, &mut status, None, now).await;
+    }
     let timing = Timing {
         renew_at_percent: dc.spec.renew_at_percent,
         rotate_at_percent: dc.spec.rotate_at_percent,
@@ -524,7 +552,20 @@ async fn sync(
 
     // Waiting for the rollout is bounded from the moment the current credential was written.
     let since = current.as_ref().map_or(now, |l| l.issued);
-    let retiring_wait = retire(dc, ctx, client, &token, &plan, &mut status, since, now).await;
+    if let Some(l) = &current {
+        status.retiring_leases.retain(|r| r.lease_id != l.id);
+    }
+    let retiring_wait = retire(
+        dc,
+        ctx,
+        client,
+        &token,
+        &plan,
+        &mut status,
+        Some(since),
+        now,
+    )
+    .await;
     if let Some(l) = &current {
         // A lease read back from the Secret alone: put its facts in the status.
         write_lease_status(&mut status, l);
@@ -658,10 +699,7 @@ async fn issue(
     };
     let templated = match template::render(&dc.spec.destination.templates, &leased.data) {
         Ok(templated) => templated,
-        Err(err) => {
-            revoke_unused(client, token, &record.id).await;
-            return Err(Error::Render(err));
-        }
+        Err(err) => return Err(discard(client, token, &record, Error::Render(err), now).await),
     };
     let data = crate::managed::secret_data(leased.data.to_text_map(), templated);
     let hmac = data_hmac(&ctx.hmac_key, &data);
@@ -680,18 +718,53 @@ async fn issue(
         )
         .await
     {
-        revoke_unused(client, token, &record.id).await;
-        return Err(Error::ApplySecret { name, source });
+        let failed = Error::ApplySecret {
+            name: name.clone(),
+            source,
+        };
+        // The answer may be lost while the write took effect: look before revoking what may now be
+        // the Secret's credential. Not knowing counts as written; the next reconcile sees.
+        let written = match api.get_opt(&name).await {
+            Ok(secret) => secret
+                .as_ref()
+                .and_then(desired::lease_on_secret)
+                .is_some_and(|(id, ..)| id == record.id),
+            Err(_) => true,
+        };
+        if written {
+            tracing::warn!(lease_id = %record.id, "the Secret apply failed but the Secret may hold the new credential; it is not revoked");
+            return Err(failed);
+        }
+        return Err(discard(client, token, &record, failed, now).await);
     }
     ctx.metrics.kube_write("secret");
     tracing::info!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), lease_id = %record.id, ttl = record.duration.as_secs(), "issued credential");
     Ok(Issued { record, hmac })
 }
 
-/// Revokes a credential that exists in Vault but that nobody can use, rather than leak it.
-async fn revoke_unused(client: &dyn VaultApi, token: &LeaseToken, lease_id: &str) {
-    if let Err(err) = client.revoke_lease(&token.token, lease_id).await {
-        tracing::warn!(%lease_id, error = %err, "failed to revoke a credential that could not be written");
+/// Revokes a credential that exists in Vault but that nobody can use, rather than leak it, and
+/// returns `failed`; when the revocation fails too, the credential goes into the status as
+/// retiring (see [`Error::Unwritten`]) so it is revoked later.
+async fn discard(
+    client: &dyn VaultApi,
+    token: &LeaseToken,
+    record: &LeaseRecord,
+    failed: Error,
+    now: Timestamp,
+) -> Error {
+    match client.revoke_lease(&token.token, &record.id).await {
+        Ok(()) => failed,
+        Err(err) => {
+            tracing::warn!(lease_id = %record.id, error = %err, "failed to revoke a credential that could not be written; it is revoked later");
+            Error::Unwritten {
+                orphan: RetiringLease {
+                    lease_id: record.id.clone(),
+                    expiry_time: Some(Time(record.expires)),
+                    revoke_after: Some(Time(now)),
+                },
+                source: Box::new(failed),
+            }
+        }
     }
 }
 
@@ -706,7 +779,7 @@ async fn retire(
     token: &LeaseToken,
     plan: &Plan,
     status: &mut DynamicCredentialStatus,
-    since: Timestamp,
+    since: Option<Timestamp>,
     now: Timestamp,
 ) -> Option<Timestamp> {
     if status.retiring_leases.is_empty() {
@@ -721,18 +794,22 @@ async fn retire(
             revoke_after: r.revoke_after.as_ref().map(|t| t.0),
         })
         .collect();
-    // Gather: the rollout matters only while a lease waits for it.
-    let rolled_out = retirement::waits_for_rollout(&retiring, now)
-        && restart::rollouts_done(
-            ctx,
-            dc,
-            &dc.spec.restart_targets,
-            status.pending_restart.is_some(),
-            since,
-            now,
-            "the previous lease is revoked after the grace period anyway",
-        )
-        .await;
+    // Gather: the rollout matters only while a lease waits for it (and `since` says from when).
+    let rolled_out = match since {
+        Some(since) if retirement::waits_for_rollout(&retiring, now) => {
+            restart::rollouts_done(
+                ctx,
+                dc,
+                &dc.spec.restart_targets,
+                status.pending_restart.is_some(),
+                since,
+                now,
+                "the previous lease is revoked after the grace period anyway",
+            )
+            .await
+        }
+        _ => false,
+    };
     // Decide, then act.
     let mut decision = retirement::decide(retiring, rolled_out, plan.grace, now);
     for lease in std::mem::take(&mut decision.revoke) {
