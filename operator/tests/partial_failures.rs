@@ -740,7 +740,7 @@ async fn dc_failed_revocation_of_an_unwritten_lease_is_retried() {
 }
 
 #[tokio::test]
-#[ignore = "defect: certificate/mod.rs:587 issue(): when revoking the certificate that could not be written fails (Vault 5xx), its serial is only logged and never retried: the certificate stays valid until notAfter"]
+
 async fn certificate_failed_revocation_of_an_unwritten_certificate_is_retried() {
     failed_write_then_failed_revocation(Kind::Certificate).await;
 }
@@ -788,7 +788,7 @@ async fn dc_second_rotation_after_a_lost_status_revokes_both_replaced_leases() {
 }
 
 #[tokio::test]
-#[ignore = "defect: certificate/mod.rs:369-381 sync(): when the status lags the Secret (its write after an issue was lost) and the next reconcile issues again (the spec changed meanwhile), the certificate to supersede is taken from status.serialNumber (already superseded by the take-up) instead of the Secret's; the certificate only the Secret knew is never revoked (valid until notAfter). Taking previous and not_after from `stored` first fixes it"]
+
 async fn certificate_second_renewal_after_a_lost_status_revokes_both_superseded() {
     second_replacement_after_a_lost_status(Kind::Certificate).await;
 }
@@ -979,7 +979,7 @@ async fn certificate_secret_apply_conflict_revokes_the_new_certificate() {
 /// A PKI role may backdate notBefore (`not_before_duration`) to allow for clock skew; the wait
 /// for the rollout must still run from when the certificate was written.
 #[tokio::test]
-#[ignore = "defect: certificate/mod.rs:453 bounds the rollout wait from the certificate's notBefore; a PKI role whose not_before_duration exceeds --rollout-timeout (30m) makes the superseded certificate count as timed out at once, so it is revoked in the same reconcile that restarts the workloads"]
+
 async fn certificate_backdated_by_its_role_still_waits_for_the_rollout() {
     let mut run = Run::of(Kind::Certificate);
     run.world
@@ -1001,7 +1001,7 @@ async fn certificate_backdated_by_its_role_still_waits_for_the_rollout() {
 
 /// The certificate counterpart of the lost Secret apply answer.
 #[tokio::test]
-#[ignore = "defect: certificate/mod.rs:578 issue(): a write_secret error whose write took effect (timeout, 5xx after the write) revokes the certificate the Secret now holds; workloads serve a revoked certificate until its renewal"]
+
 async fn certificate_lost_answer_of_a_secret_apply_does_not_revoke_the_written_one() {
     let mut run = Run::of(Kind::Certificate);
     run.settle(Kind::Certificate).await;

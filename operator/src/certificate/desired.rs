@@ -343,6 +343,9 @@ pub fn build_secret(
     if let Some(stamp) = &follow_up.restart_for {
         annotations.insert(RESTART_ANNOTATION.to_owned(), stamp.clone());
     }
+    if let Some(at) = follow_up.issued_at {
+        annotations.insert(ISSUED_AT_ANNOTATION.to_owned(), at.to_string());
+    }
     crate::managed::owned_secret(
         cr,
         &cr.spec.destination,
@@ -368,7 +371,12 @@ pub struct FollowUp {
     pub superseded: Vec<SupersededCertificate>,
     /// The stamp the restart targets must get, when the issue calls for a restart.
     pub restart_for: Option<String>,
+    /// When the certificate was written (its notBefore may lie well before: Vault backdates it).
+    pub issued_at: Option<Timestamp>,
 }
+
+/// When the Secret's certificate was written.
+pub const ISSUED_AT_ANNOTATION: &str = "vaultkeeper.dev/issued-at";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -402,9 +410,13 @@ pub fn follow_up_on_secret(secret: &Secret) -> FollowUp {
         })
         .collect();
     let restart_for = crate::restart::recorded_stamp(a);
+    let issued_at = a
+        .get(ISSUED_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok());
     FollowUp {
         superseded,
         restart_for,
+        issued_at,
     }
 }
 
@@ -715,6 +727,7 @@ mod tests {
                 revoke_after: None,
             }],
             restart_for: Some("00ff00ff00ff00ff".into()),
+            issued_at: Some(Timestamp::UNIX_EPOCH),
         };
         let secret = build_secret(&c, data.clone(), "d1", &follow_up);
         assert_eq!(

@@ -83,6 +83,13 @@ pub enum Error {
     CleanupPlan(String),
     #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
     Panicked(String),
+    /// A certificate was issued but not written, and revoking it failed too: it is recorded as
+    /// superseded (revoked on the next reconcile) and the write retried.
+    #[error("{source}; the unused certificate could not be revoked yet and will be")]
+    Unwritten {
+        orphan: SupersededCertificate,
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -98,6 +105,7 @@ impl Error {
             Self::BadCertificate { .. } => reasons::VAULT_UNAVAILABLE,
             Self::SecretConflict { .. } => reasons::SECRET_CONFLICT,
             Self::Panicked(_) => reasons::INTERNAL_ERROR,
+            Self::Unwritten { source, .. } => source.reason(),
             _ => reasons::KUBERNETES_ERROR,
         }
     }
@@ -257,11 +265,14 @@ async fn apply(cr: &CertificateRequest, ctx: &Context) -> Result<Action, Error> 
                 cr.metadata.generation,
                 &t,
             );
-            let new_status = CertificateRequestStatus {
+            let mut new_status = CertificateRequestStatus {
                 conditions: conds,
                 observed_generation: cr.metadata.generation,
                 ..status.clone()
             };
+            if let Error::Unwritten { orphan, .. } = &err {
+                new_status.superseded.push(orphan.clone());
+            }
             patch_status(cr, ctx, &status, new_status).await?;
             if was != Some(("False".to_owned(), err.reason().to_owned())) {
                 publish(ctx, cr, EventType::Warning, err.reason(), message).await;
@@ -348,6 +359,19 @@ async fn sync(
         }
     }
     let stored = secret.and_then(|s| desired::stored(s, &plan.spec_digest));
+    // The Secret's certificate is never revoked, whatever a record says.
+    if let Some(held) = &on_secret {
+        status.superseded.retain(|s| s.serial_number != *held);
+    }
+    // Certificates already due (an unwritten one whose revocation failed) go first, whatever this
+    // reconcile does next.
+    if status
+        .superseded
+        .iter()
+        .any(|s| s.revoke_after.as_ref().is_some_and(|t| t.0 <= now))
+    {
+        retire(cr, ctx, &plan, client, &mut status, None, now).await;
+    }
     let jitter = desired::jitter_of(&cr.uid().unwrap_or_default());
     let step = desired::next_step(stored.as_ref(), plan.renew_before, jitter, now);
     let issuing_note;
@@ -380,19 +404,20 @@ async fn sync(
                 Step::Keep(_) => desired::IssueReason::Missing,
             };
             // What must follow the new certificate is decided first and written with it.
-            let previous = status
-                .serial_number
-                .clone()
-                .or_else(|| stored.as_ref().map(|s| s.facts.serial.clone()));
+            // The Secret's certificate is the one being replaced; the status may lag behind it.
+            let previous = stored
+                .as_ref()
+                .map(|s| s.facts.serial.clone())
+                .or_else(|| status.serial_number.clone());
             let mut superseded = status.superseded.clone();
             if let Some(old) = &previous
                 && cr.spec.revoke_superseded
                 && !superseded.iter().any(|s| s.serial_number == *old)
             {
-                let not_after = status
-                    .not_after
-                    .clone()
-                    .or_else(|| stored.as_ref().map(|s| Time(s.facts.not_after)));
+                let not_after = stored
+                    .as_ref()
+                    .map(|s| Time(s.facts.not_after))
+                    .or_else(|| status.not_after.clone());
                 superseded.push(SupersededCertificate {
                     serial_number: old.clone(),
                     not_after,
@@ -400,8 +425,17 @@ async fn sync(
                 });
             }
             let restart = previous.is_some() && !cr.spec.restart_targets.is_empty();
-            let (facts, hmac) =
-                issue(cr, ctx, &plan, client, secret, superseded.clone(), restart).await?;
+            let (facts, hmac) = issue(
+                cr,
+                ctx,
+                &plan,
+                client,
+                secret,
+                superseded.clone(),
+                restart,
+                now,
+            )
+            .await?;
             status.superseded = superseded;
             if restart {
                 // A replaced certificate is one event: no debounce, the rollout gate still holds.
@@ -464,7 +498,19 @@ async fn sync(
         .await;
     }
     // Waiting for the rollout is bounded from the moment the current certificate was made.
-    let retire_wake = retire(cr, ctx, &plan, client, &mut status, facts.not_before, now).await;
+    // The rollout wait is bounded from when the certificate was written (recorded on the Secret;
+    // its notBefore can lie far back, Vault backdates it).
+    let since = secret
+        .map(desired::follow_up_on_secret)
+        .and_then(|f| f.issued_at)
+        .filter(|_| serial_on(secret).as_deref() == Some(facts.serial.as_str()))
+        .or(status.last_issue_time.as_ref().map(|t| t.0))
+        .unwrap_or(facts.not_before)
+        .min(now);
+    status
+        .superseded
+        .retain(|s| s.serial_number != facts.serial);
+    let retire_wake = retire(cr, ctx, &plan, client, &mut status, Some(since), now).await;
 
     let next = [Some(renewal), retire_wake, advanced.wake]
         .into_iter()
@@ -484,6 +530,8 @@ fn vault_path(cr: &CertificateRequest) -> String {
     format!("{}/{verb}/{}", cr.spec.mount, cr.spec.role)
 }
 
+// The follow-up (superseded, restart) is part of the one write; naming them at the call reads best.
+#[allow(clippy::too_many_arguments)]
 /// Gets a certificate from Vault and writes it to the Secret, with `superseded` and (when
 /// `restart`) the restart stamp recorded in the same apply; returns its facts and data HMAC.
 /// In `sign` mode the key is made here (or, with rotationPolicy Never, read back from the
@@ -496,6 +544,7 @@ async fn issue(
     secret: Option<&Secret>,
     superseded: Vec<SupersededCertificate>,
     restart: bool,
+    now: Timestamp,
 ) -> Result<(CertFacts, String), Error> {
     let mount = cr.spec.mount.as_str();
     let role = cr.spec.role.as_str();
@@ -547,32 +596,83 @@ async fn issue(
         }
     };
     let data = desired::tls_data(&cert, &key_pem);
-    let facts = desired::cert_facts(&data[desired::TLS_CRT])
-        .ok_or_else(|| Error::BadCertificate { path: path.clone() })?;
+    let Some(facts) = desired::cert_facts(&data[desired::TLS_CRT]) else {
+        let failed = Error::BadCertificate { path: path.clone() };
+        return Err(discard(
+            cr,
+            ctx,
+            plan,
+            client,
+            &cert.serial_number,
+            None,
+            failed,
+            now,
+        )
+        .await);
+    };
     let hmac = data_hmac(&ctx.hmac_key, &data);
     let follow_up = desired::FollowUp {
         superseded,
         restart_for: restart.then(|| restart::stamp_of(&hmac)),
+        issued_at: Some(now),
     };
-    if let Err(err) = write_secret(ctx, cr, data, &plan.spec_digest, &follow_up).await {
-        // Nobody can use a certificate that was not written: revoke it rather than leave it valid.
-        let serial = cert.serial_number.as_str();
-        let revoked = ctx
-            .identities
-            .with_token(&plan.identity, client, |token| async move {
-                client.pki_revoke(&token, mount, serial).await
-            })
-            .await;
-        if !matches!(revoked, Ok(Ok(()))) {
-            tracing::warn!(
-                serial,
-                "failed to revoke a certificate that could not be written"
-            );
+    if let Err(failed) = write_secret(ctx, cr, data, &plan.spec_digest, &follow_up).await {
+        // The answer may be lost while the write took effect: look before revoking what may now
+        // be the Secret's certificate. Not knowing counts as written; the next reconcile sees.
+        let api: Api<Secret> =
+            Api::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
+        let written = match api.get_opt(&cr.spec.destination.name).await {
+            Ok(secret) => serial_on(secret.as_ref()).as_deref() == Some(facts.serial.as_str()),
+            Err(_) => true,
+        };
+        if written {
+            tracing::warn!(serial = %facts.serial, "the Secret apply failed but the Secret may hold the new certificate; it is not revoked");
+            return Err(failed);
         }
-        return Err(err);
+        let not_after = Some(facts.not_after);
+        return Err(discard(cr, ctx, plan, client, &facts.serial, not_after, failed, now).await);
     }
     tracing::info!(namespace = cr.namespace().unwrap_or_default(), name = cr.name_any(), serial = %facts.serial, not_after = %facts.not_after, "issued certificate");
     Ok((facts, hmac))
+}
+
+/// Revokes a certificate that nobody can use (it was not written) rather than leave it valid, and
+/// returns `failed`; when the revocation fails too, the certificate goes into the status as
+/// superseded (see [`Error::Unwritten`]) so it is revoked later.
+// The certificate's identity and the failure are distinct inputs, named at the call.
+#[allow(clippy::too_many_arguments)]
+async fn discard(
+    cr: &CertificateRequest,
+    ctx: &Context,
+    plan: &Plan,
+    client: &dyn VaultApi,
+    serial: &str,
+    not_after: Option<Timestamp>,
+    failed: Error,
+    now: Timestamp,
+) -> Error {
+    let mount = cr.spec.mount.as_str();
+    let revoked = ctx
+        .identities
+        .with_token(&plan.identity, client, |token| async move {
+            client.pki_revoke(&token, mount, serial).await
+        })
+        .await;
+    if matches!(revoked, Ok(Ok(()))) {
+        return failed;
+    }
+    tracing::warn!(
+        serial,
+        "failed to revoke a certificate that could not be written; it is revoked later"
+    );
+    Error::Unwritten {
+        orphan: SupersededCertificate {
+            serial_number: serial.to_owned(),
+            not_after: not_after.map(Time),
+            revoke_after: Some(Time(now)),
+        },
+        source: Box::new(failed),
+    }
 }
 
 async fn write_secret(
@@ -604,7 +704,7 @@ async fn retire(
     plan: &Plan,
     client: &dyn VaultApi,
     status: &mut CertificateRequestStatus,
-    since: Timestamp,
+    since: Option<Timestamp>,
     now: Timestamp,
 ) -> Option<Timestamp> {
     if status.superseded.is_empty() {
@@ -619,18 +719,23 @@ async fn retire(
             revoke_after: s.revoke_after.as_ref().map(|t| t.0),
         })
         .collect();
-    // Gather: the rollout matters only while a certificate waits for it.
-    let rolled_out = retirement::waits_for_rollout(&retiring, now)
-        && restart::rollouts_done(
-            ctx,
-            cr,
-            &cr.spec.restart_targets,
-            status.pending_restart.is_some(),
-            since,
-            now,
-            "the superseded certificate is revoked anyway",
-        )
-        .await;
+    // Gather: the rollout matters only while a certificate waits for it (and `since` says from
+    // when).
+    let rolled_out = match since {
+        Some(since) if retirement::waits_for_rollout(&retiring, now) => {
+            restart::rollouts_done(
+                ctx,
+                cr,
+                &cr.spec.restart_targets,
+                status.pending_restart.is_some(),
+                since,
+                now,
+                "the superseded certificate is revoked anyway",
+            )
+            .await
+        }
+        _ => false,
+    };
     // Decide (no grace: a superseded certificate goes once the workloads moved), then act.
     let mut decision = retirement::decide(retiring, rolled_out, Duration::ZERO, now);
     let mount = cr.spec.mount.as_str();
