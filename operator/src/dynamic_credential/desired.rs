@@ -222,6 +222,60 @@ pub fn build_secret(
     )
 }
 
+/// The status with what the Secret records taken up again. When the status names another lease
+/// than the Secret (the status write after the last issue was lost, or the operator stopped in
+/// between), the Secret's record is the truth: its replaced leases go back into the retiring list
+/// (waiting for the rollout again) and its restart into `pendingRestart`. A status lease the
+/// Secret no longer carries and did not record (it was lost, not replaced) is retired after the
+/// grace period. Pure.
+pub fn take_up_record(
+    dc: &DynamicCredential,
+    mut status: DynamicCredentialStatus,
+    secret: Option<&Secret>,
+    lease: Option<&LeaseRecord>,
+    grace: Duration,
+    now: Timestamp,
+) -> DynamicCredentialStatus {
+    if let Some(s) = secret
+        && let Some((secret_lease, ..)) = lease_on_secret(s)
+        && status.lease_id.as_ref() != Some(&secret_lease)
+    {
+        let follow_up = follow_up_on_secret(s);
+        for retiring in follow_up.retiring {
+            if retiring.lease_id != secret_lease
+                && !status
+                    .retiring_leases
+                    .iter()
+                    .any(|r| r.lease_id == retiring.lease_id)
+            {
+                status.retiring_leases.push(retiring);
+            }
+        }
+        if let Some(stamp) = follow_up.restart_for
+            && !dc.spec.restart_targets.is_empty()
+            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
+        {
+            status.pending_restart = Some(crate::restart::schedule(
+                status.pending_restart.as_ref(),
+                stamp,
+                now,
+                Duration::ZERO,
+            ));
+        }
+    }
+    if let (Some(l), Some(old)) = (lease, status.lease_id.clone())
+        && l.id != old
+        && !status.retiring_leases.iter().any(|r| r.lease_id == old)
+    {
+        status.retiring_leases.push(RetiringLease {
+            lease_id: old,
+            expiry_time: status.expiry_time.clone(),
+            revoke_after: Some(Time(crate::clock::after(now, grace))),
+        });
+    }
+    status
+}
+
 /// What a successful reconcile did, for the status.
 pub struct Outcome {
     /// What happened to the lease (issued, renewed, capped), as (ok, reason, message).
@@ -445,6 +499,76 @@ mod tests {
         assert_eq!(lease_on_secret(&secret), None);
         assert!(lease_record_invalid(&secret));
         assert_eq!(follow_up_on_secret(&secret), FollowUp::default());
+    }
+
+    #[test]
+    fn a_lost_status_write_is_taken_up_from_the_secret() {
+        let mut d = dc(LeaseSource {
+            mount: Some("database".into()),
+            role: Some("app".into()),
+            path: None,
+            method: None,
+            parameters: Default::default(),
+        });
+        d.spec.restart_targets = vec![crds::v1alpha1::RestartTarget {
+            kind: crds::v1alpha1::WorkloadKind::Deployment,
+            name: "web".into(),
+        }];
+        let now: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        let new = LeaseRecord {
+            id: "database/creds/app/new".into(),
+            issued: now,
+            duration: Duration::from_secs(3600),
+            expires: now + Duration::from_secs(3600),
+            hard_end: None,
+            token_accessor: "acc".into(),
+        };
+        let follow_up = FollowUp {
+            retiring: vec![RetiringLease {
+                lease_id: "database/creds/app/old".into(),
+                expiry_time: None,
+                revoke_after: None,
+            }],
+            restart_for: Some("0123456789abcdef".into()),
+        };
+        let secret = build_secret(&d, BTreeMap::new(), &new, "digest", &follow_up);
+        // The status still describes the old lease: the write after the issue was lost.
+        let stale = DynamicCredentialStatus {
+            lease_id: Some("database/creds/app/old".into()),
+            ..Default::default()
+        };
+        let taken = take_up_record(
+            &d,
+            stale,
+            Some(&secret),
+            Some(&new),
+            Duration::from_secs(5),
+            now,
+        );
+        assert_eq!(
+            taken.retiring_leases, follow_up.retiring,
+            "waits for the rollout again"
+        );
+        assert_eq!(
+            taken.pending_restart.map(|p| p.stamp),
+            Some("0123456789abcdef".to_owned())
+        );
+        // A status in line with the Secret is left as it is.
+        let current = DynamicCredentialStatus {
+            lease_id: Some(new.id.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            take_up_record(
+                &d,
+                current.clone(),
+                Some(&secret),
+                Some(&new),
+                Duration::ZERO,
+                now
+            ),
+            current
+        );
     }
 
     #[test]

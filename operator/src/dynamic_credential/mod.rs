@@ -342,50 +342,10 @@ async fn sync(
     {
         return Err(Error::SecretConflict { name: dest.clone() });
     }
-    let mut status = dc.status.clone().unwrap_or_default();
+    let status = dc.status.clone().unwrap_or_default();
     let lease = recorded_lease(dc, secret);
     let record_invalid = secret.is_some_and(desired::lease_record_invalid);
-    // The status names another lease than the Secret: the status write after the last issue was
-    // lost, or the operator stopped in between. The Secret's record is the truth, and what it says
-    // must follow (the replaced leases to revoke after the rollout, the restart) is taken up again.
-    if let Some(s) = secret
-        && let Some((secret_lease, ..)) = desired::lease_on_secret(s)
-        && status.lease_id.as_ref() != Some(&secret_lease)
-    {
-        let follow_up = desired::follow_up_on_secret(s);
-        for retiring in follow_up.retiring {
-            if retiring.lease_id != secret_lease
-                && !status
-                    .retiring_leases
-                    .iter()
-                    .any(|r| r.lease_id == retiring.lease_id)
-            {
-                status.retiring_leases.push(retiring);
-            }
-        }
-        if let Some(stamp) = follow_up.restart_for
-            && !dc.spec.restart_targets.is_empty()
-            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
-        {
-            status.pending_restart = Some(restart::schedule(
-                status.pending_restart.as_ref(),
-                stamp,
-                now,
-                Duration::ZERO,
-            ));
-        }
-    }
-    // A status lease the Secret no longer carries and did not record as retiring is retired.
-    if let (Some(l), Some(old)) = (&lease, status.lease_id.clone())
-        && l.id != old
-        && !status.retiring_leases.iter().any(|r| r.lease_id == old)
-    {
-        status.retiring_leases.push(RetiringLease {
-            lease_id: old,
-            expiry_time: status.expiry_time.clone(),
-            revoke_after: Some(Time(crate::clock::after(now, plan.grace))),
-        });
-    }
+    let mut status = desired::take_up_record(dc, status, secret, lease.as_ref(), plan.grace, now);
     let secret_holds_lease = match (&lease, secret.and_then(desired::lease_on_secret)) {
         (Some(l), Some((id, ..))) => l.id == id,
         _ => false,
