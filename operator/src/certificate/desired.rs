@@ -433,6 +433,56 @@ pub fn metadata_current(secret: &Secret, cr: &CertificateRequest) -> bool {
             .all(|(k, v)| annotations.get(k) == Some(v))
 }
 
+/// The status with what the Secret (holding certificate `held`) records taken up again. When the
+/// status names another certificate (the status write after the last issue was lost, or the
+/// operator stopped in between), the Secret's record is the truth: its superseded certificates
+/// go back into the list (waiting for the rollout again), its restart into `pendingRestart`, and
+/// the certificate the status named is superseded by the Secret's. Pure.
+pub fn take_up_record(
+    cr: &CertificateRequest,
+    mut status: CertificateRequestStatus,
+    secret: &Secret,
+    held: &str,
+    now: Timestamp,
+) -> CertificateRequestStatus {
+    if status.serial_number.as_deref() == Some(held) {
+        return status;
+    }
+    let follow_up = follow_up_on_secret(secret);
+    for old in follow_up.superseded {
+        if old.serial_number != held
+            && !status
+                .superseded
+                .iter()
+                .any(|s| s.serial_number == old.serial_number)
+        {
+            status.superseded.push(old);
+        }
+    }
+    if let Some(stamp) = follow_up.restart_for
+        && !cr.spec.restart_targets.is_empty()
+        && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
+    {
+        status.pending_restart = Some(crate::restart::schedule(
+            status.pending_restart.as_ref(),
+            stamp,
+            now,
+            Duration::ZERO,
+        ));
+    }
+    if let Some(old) = status.serial_number.clone()
+        && cr.spec.revoke_superseded
+        && !status.superseded.iter().any(|s| s.serial_number == old)
+    {
+        status.superseded.push(SupersededCertificate {
+            serial_number: old,
+            not_after: status.not_after.clone(),
+            revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
+        });
+    }
+    status
+}
+
 /// The whole status after a successful reconcile: the certificate facts and superseded
 /// certificates already in `status`, plus `Ready`, `Issuing` (`issuing`: what happened, as reason
 /// and message) and `Restarts` (when the restart moved). Pure: `now` stamps the transitions.

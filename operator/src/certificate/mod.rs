@@ -318,45 +318,8 @@ async fn sync(
     }
     let mut status = cr.status.clone().unwrap_or_default();
     let on_secret = serial_on(secret);
-    // The status names another certificate than the Secret: the status write after the last issue
-    // was lost, or the operator stopped in between. The Secret's record is the truth, and what it
-    // says must follow (superseded certificates to revoke, the restart) is taken up again.
-    if let (Some(s), Some(serial)) = (secret, &on_secret)
-        && status.serial_number.as_ref() != Some(serial)
-    {
-        let follow_up = desired::follow_up_on_secret(s);
-        for old in follow_up.superseded {
-            if old.serial_number != *serial
-                && !status
-                    .superseded
-                    .iter()
-                    .any(|s| s.serial_number == old.serial_number)
-            {
-                status.superseded.push(old);
-            }
-        }
-        if let Some(stamp) = follow_up.restart_for
-            && !cr.spec.restart_targets.is_empty()
-            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
-        {
-            status.pending_restart = Some(restart::schedule(
-                status.pending_restart.as_ref(),
-                stamp,
-                now,
-                Duration::ZERO,
-            ));
-        }
-        // What the status said was current is superseded by what the Secret holds.
-        if let Some(old) = status.serial_number.clone()
-            && cr.spec.revoke_superseded
-            && !status.superseded.iter().any(|s| s.serial_number == old)
-        {
-            status.superseded.push(SupersededCertificate {
-                serial_number: old,
-                not_after: status.not_after.clone(),
-                revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
-            });
-        }
+    if let (Some(s), Some(held)) = (secret, &on_secret) {
+        status = desired::take_up_record(cr, status, s, held, now);
     }
     let stored = secret.and_then(|s| desired::stored(s, &plan.spec_digest));
     // The Secret's certificate is never revoked, whatever a record says.
