@@ -3,7 +3,6 @@
 //! `VAULTKEEPER_AGENT_CONFIG`. Depends on the `vault` crate and never on kube or k8s-openapi: it
 //! runs in every injected pod, so size and memory matter (single-threaded runtime, few crates).
 
-
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

@@ -58,7 +58,11 @@ fn component_nanos(whole: &str, fraction: Option<&str>, unit_nanos: u128) -> Opt
     if whole.len() > 20 {
         return None;
     }
-    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut nanos = whole.checked_mul(unit_nanos)?;
     if let Some(fraction) = fraction {
         // Digits past the 18th cannot add a nanosecond to any unit of at most an hour.
@@ -107,7 +111,11 @@ mod tests {
             None,
             "a very long number is refused"
         );
-        assert_eq!(parse(&"1h".repeat(3_000_000)), None, "the sum is bounded too");
+        assert_eq!(
+            parse(&"1h".repeat(3_000_000)),
+            None,
+            "the sum is bounded too"
+        );
     }
 
     proptest! {

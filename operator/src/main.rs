@@ -1,6 +1,5 @@
 //! vaultkeeper operator entry point: configuration, wiring, HTTP endpoints, graceful shutdown.
 
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
