@@ -3,13 +3,13 @@
 //! mode loops until SIGTERM.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use vault::{AuthToken, VaultClient, VaultError, VaultToken};
 
-use crate::config::{AgentConfig, SecretSpec};
+use crate::config::{AgentConfig, AgentSecret, identity, state_dir};
 use crate::files::{Written, write_atomic};
 use crate::log::{info, warning};
 use crate::source::{Kind, classify, default_data};
@@ -45,7 +45,7 @@ struct SourceState {
 
 /// One file to render.
 struct Output {
-    spec: SecretSpec,
+    spec: AgentSecret,
     sources: Vec<SourceKey>,
     /// Render at the next pass whose sources are all available.
     pending: bool,
@@ -100,7 +100,7 @@ impl Agent {
             });
         }
         Ok(Self {
-            state_path: state::path_in(&config.state_dir()),
+            state_path: state::path_in(&state_dir(&config)),
             config,
             client,
             poll,
@@ -137,7 +137,7 @@ impl Agent {
             Ok(None) => return,
             Err(e) => return warning!("{e}"),
         };
-        if stored.identity != self.config.identity() {
+        if stored.identity != identity(&self.config) {
             return info!("stored state belongs to another Vault identity; not reusing it");
         }
         let token = VaultToken::new(stored.token);
@@ -268,7 +268,7 @@ impl Agent {
 
     /// Creates the ready file (sidecar, once every file is rendered).
     pub fn mark_ready(&self) -> std::io::Result<()> {
-        write_atomic(&self.config.ready_file, b"ready\n", 0o644).map(|_| ())
+        write_atomic(Path::new(&self.config.ready_file), b"ready\n", 0o644).map(|_| ())
     }
 
     async fn token_step(&mut self, now: Instant) -> Result<(), String> {
@@ -318,8 +318,17 @@ impl Agent {
         self.token_next = now + (auth.ttl * 2 / 3).max(Duration::from_secs(1));
     }
 
+    /// ` in namespace "team-a"` when the client works in one (a 404 at login may mean the
+    /// namespace does not exist), else nothing.
+    fn in_namespace(&self) -> String {
+        self.client
+            .namespace()
+            .map(|namespace| format!(" in namespace {namespace:?}"))
+            .unwrap_or_default()
+    }
+
     async fn login(&mut self, now: Instant) -> Result<(), String> {
-        let path = &self.config.token_file;
+        let path = Path::new(&self.config.token_file);
         let jwt = std::fs::read_to_string(path).map_err(|e| {
             format!(
                 "failed to read the ServiceAccount token {}: {e}",
@@ -332,14 +341,16 @@ impl Agent {
             .await
             .map_err(|e| {
                 format!(
-                    "failed to log in to Vault as role {:?}: {e}",
-                    self.config.role
+                    "failed to log in to Vault as role {:?}{}: {e}",
+                    self.config.role,
+                    self.in_namespace()
                 )
             })?;
         info!(
-            "logged in to Vault as role {:?} at auth/{} (token TTL {}s)",
+            "logged in to Vault as role {:?} at auth/{}{} (token TTL {}s)",
             self.config.role,
             self.config.auth_mount(),
+            self.in_namespace(),
             auth.ttl.as_secs()
         );
         let (ttl, renewable) = (auth.ttl, auth.renewable);
@@ -474,7 +485,7 @@ impl Agent {
             return;
         };
         let state = StoredState {
-            identity: self.config.identity(),
+            identity: identity(&self.config),
             token: token.token.expose().to_owned(),
             sources: self
                 .sources

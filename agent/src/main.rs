@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use vaultkeeper_agent::agent::Agent;
-use vaultkeeper_agent::config::{AgentConfig, Mode};
+use vaultkeeper_agent::config::{AGENT_CONFIG_ENV, AgentConfig, AgentMode};
 use vaultkeeper_agent::log::{info, warning};
 
 /// vaultkeeper agent: renders Vault secrets to files inside a pod.
@@ -23,7 +23,7 @@ struct Args {
     /// The agent configuration (JSON, written by the webhook).
     #[arg(
         long,
-        env = "VAULTKEEPER_AGENT_CONFIG",
+        env = AGENT_CONFIG_ENV,
         hide_env_values = true,
         global = true
     )]
@@ -66,16 +66,13 @@ fn run(args: Args) -> Result<(), String> {
         .ok_or("no configuration: set VAULTKEEPER_AGENT_CONFIG (or --config)")?;
     let config = AgentConfig::parse(json).map_err(|e| e.to_string())?;
     if args.command == Some(Command::Probe) {
-        return if config.ready_file.exists() {
+        return if std::path::Path::new(&config.ready_file).exists() {
             Ok(())
         } else {
-            Err(format!(
-                "not ready: {} does not exist",
-                config.ready_file.display()
-            ))
+            Err(format!("not ready: {} does not exist", config.ready_file))
         };
     }
-    let client = vault::VaultClient::new(
+    let mut client = vault::VaultClient::new(
         &vault::VaultConfig {
             address: config.vault_addr.clone(),
             ca_pem: config.vault_ca_pem.as_ref().map(|p| p.clone().into_bytes()),
@@ -83,15 +80,27 @@ fn run(args: Args) -> Result<(), String> {
         },
         None,
     )?;
+    if let Some(namespace) = &config.vault_namespace {
+        client = client.with_namespace(namespace)?;
+        info!(
+            "working in Vault namespace {:?}",
+            client.namespace().unwrap_or("root")
+        );
+    }
     let mode = config.mode;
-    let agent = Agent::new(config, client, args.poll_interval, mode == Mode::Sidecar)?;
+    let agent = Agent::new(
+        config,
+        client,
+        args.poll_interval,
+        mode == AgentMode::Sidecar,
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("failed to start the runtime: {e}"))?;
     match mode {
-        Mode::Init => runtime.block_on(run_init(agent)),
-        Mode::Sidecar => runtime.block_on(run_sidecar(agent, args.poll_interval)),
+        AgentMode::Init => runtime.block_on(run_init(agent)),
+        AgentMode::Sidecar => runtime.block_on(run_sidecar(agent, args.poll_interval)),
     }
 }
 

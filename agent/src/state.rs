@@ -19,7 +19,7 @@ pub const STATE_FILE: &str = "agent-state.json";
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredState {
-    /// The identity the token belongs to ([`crate::config::AgentConfig::identity`]).
+    /// The identity the token belongs to ([`crate::config::identity`]).
     pub identity: String,
     pub token: String,
     #[serde(default)]

@@ -3,8 +3,11 @@
 //! This crate is a leaf: no tokio, no Kubernetes client, no Vault. The CRD YAML in `manifests/` and
 //! the chart are generated from these types (`cargo run -p vaultkeeper-crds --bin crdgen`).
 
-pub mod duration;
 pub mod v1alpha1;
+
+/// Durations as users write them (`30s`, `1h30m`); shared with the webhook and agent, which is why
+/// the parser lives in the contract crate.
+pub use agent_contract::duration;
 
 use kube::CustomResourceExt;
 use kube::core::crd::merge_crds;

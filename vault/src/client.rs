@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -28,11 +29,18 @@ pub trait RequestObserver: Send + Sync {
     fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration);
 }
 
-/// A client of one Vault server. Cheap to clone; clones share the connection pool.
+/// The header that selects a Vault Enterprise / OpenBao namespace for one request.
+pub const NAMESPACE_HEADER: &str = "X-Vault-Namespace";
+
+/// A client of one Vault server, in one namespace (the root one unless
+/// [`with_namespace`](Self::with_namespace) says otherwise). Cheap to clone; clones share the
+/// connection pool, so one client per namespace costs no extra connections.
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
     base: Arc<str>,
+    /// Sent as [`NAMESPACE_HEADER`] on every request, login included; `None` = root.
+    namespace: Option<HeaderValue>,
     observer: Option<Arc<dyn RequestObserver>>,
 }
 
@@ -40,6 +48,7 @@ impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultClient")
             .field("address", &self.base)
+            .field("namespace", &self.namespace())
             .finish_non_exhaustive()
     }
 }
@@ -67,13 +76,36 @@ impl VaultClient {
         Ok(Self {
             http,
             base: config.address.trim_end_matches('/').into(),
+            namespace: None,
             observer,
         })
+    }
+
+    /// The same client (same pool) working in Vault namespace `namespace`, e.g. `team-a` or
+    /// `team-a/web`: every request carries it as `X-Vault-Namespace`. Surrounding slashes are
+    /// dropped; an empty namespace means the root namespace. Fails for a value an HTTP header
+    /// cannot carry.
+    pub fn with_namespace(mut self, namespace: &str) -> Result<Self, String> {
+        let namespace = namespace.trim_matches('/');
+        self.namespace = if namespace.is_empty() {
+            None
+        } else {
+            Some(
+                HeaderValue::from_str(namespace)
+                    .map_err(|_| format!("invalid Vault namespace {namespace:?}"))?,
+            )
+        };
+        Ok(self)
     }
 
     /// The server's base address.
     pub fn address(&self) -> &str {
         &self.base
+    }
+
+    /// The namespace every request is sent to; `None` for the root namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_ref().and_then(|ns| ns.to_str().ok())
     }
 
     /// Sends one request to `/v1/<path>` and decodes the JSON answer.
@@ -87,6 +119,9 @@ impl VaultClient {
     ) -> Result<T, VaultError> {
         let url = format!("{}/v1/{}", self.base, path);
         let mut request = self.http.request(method, &url);
+        if let Some(namespace) = &self.namespace {
+            request = request.header(NAMESPACE_HEADER, namespace.clone());
+        }
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token.expose());
         }

@@ -1,26 +1,9 @@
-//! Pod annotations → a typed injection request. Owns the annotation vocabulary: the native
-//! `vaultkeeper.dev/` names and the subset of the Vault Agent Injector's `vault.hashicorp.com/`
-//! names that vaultkeeper honours, so a manifest written for vault-k8s works unchanged.
+//! Pod annotations → a typed injection request: the native `vaultkeeper.dev/` names and the subset
+//! of the Vault Agent Injector's `vault.hashicorp.com/` names that vaultkeeper honours, so a
+//! manifest written for vault-k8s works unchanged.
 //!
-//! | vault-k8s (`vault.hashicorp.com/…`) | native (`vaultkeeper.dev/…`) | default |
-//! |---|---|---|
-//! | `agent-inject` | `inject` | `false` |
-//! | `agent-inject-status` | `status` | (`injected` = skip the pod) |
-//! | `role` | `role` | required |
-//! | `auth-path` | `auth-path` | the webhook's default (`auth/kubernetes`) |
-//! | `namespace` | `vault-namespace` | none (Vault Enterprise / OpenBao namespace) |
-//! | `agent-inject-secret-<name>` | `secret-<name>` | at least one is required |
-//! | `agent-inject-template-<name>` | `template-<name>` | every key of the secret as `key: value` |
-//! | `agent-inject-file-<name>` | `file-<name>` | `<name>` |
-//! | `agent-inject-perms-<name>` | `perms-<name>` | the agent's default (`0644`) |
-//! | `secret-volume-path` | `volume-path` | `/vault/secrets` |
-//! | `secret-volume-path-<name>` | `volume-path-<name>` | the pod's volume path |
-//! | `agent-pre-populate` | `pre-populate` | `true` |
-//! | `agent-pre-populate-only` | `pre-populate-only` | `false` |
-//! | `agent-run-as-user` | `run-as-user` | the webhook's default (100) |
-//! | `agent-run-as-group` | `run-as-group` | the webhook's default (1000) |
-//! | `agent-requests-cpu` / `-mem` | `requests-cpu` / `-mem` | the webhook's defaults |
-//! | `agent-limits-cpu` / `-mem` | `limits-cpu` / `-mem` | the webhook's defaults |
+//! The names themselves, with their defaults, are listed once in `agent_contract::annotations`
+//! (shared with the agent's configuration errors); this module owns how they are read.
 //!
 //! When both spellings of one setting are present the native one wins. Booleans accept what Go's
 //! `strconv.ParseBool` accepts (`true`, `1`, `t`, `false`, `0`, …) since vault-k8s users write
@@ -35,16 +18,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// The native annotation prefix.
-pub const NATIVE_PREFIX: &str = "vaultkeeper.dev/";
-/// The Vault Agent Injector's prefix.
-pub const COMPAT_PREFIX: &str = "vault.hashicorp.com/";
-/// Where the secrets volume is mounted unless the annotations say otherwise (as in vault-k8s).
-pub const DEFAULT_VOLUME_PATH: &str = "/vault/secrets";
-/// The annotation the webhook sets on an injected pod (value [`INJECTED`]).
-pub const STATUS_ANNOTATION: &str = "vaultkeeper.dev/status";
-/// The value of the status annotation (either spelling) that makes the webhook skip a pod.
-pub const INJECTED: &str = "injected";
+pub use agent_contract::annotations::{
+    COMPAT_PREFIX, DEFAULT_VOLUME_PATH, INJECTED, NATIVE_PREFIX, STATUS_ANNOTATION,
+};
+use agent_contract::annotations::{PodSetting, SecretSetting};
 
 /// `vaultkeeper.dev/` annotations that other vaultkeeper components own; the webhook ignores them.
 const FOREIGN_NATIVE: &[&str] = &["restarted-for"];
@@ -186,66 +163,6 @@ impl fmt::Display for AnnotationErrors {
 
 impl std::error::Error for AnnotationErrors {}
 
-/// A setting that applies to the whole pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum PodKey {
-    Inject,
-    Status,
-    Role,
-    AuthPath,
-    VaultNamespace,
-    VolumePath,
-    PrePopulate,
-    PrePopulateOnly,
-    RunAsUser,
-    RunAsGroup,
-    RequestsCpu,
-    RequestsMemory,
-    LimitsCpu,
-    LimitsMemory,
-}
-
-/// (key, vault-k8s name, native name) for every pod-wide setting.
-const POD_KEYS: &[(PodKey, &str, &str)] = &[
-    (PodKey::Inject, "agent-inject", "inject"),
-    (PodKey::Status, "agent-inject-status", "status"),
-    (PodKey::Role, "role", "role"),
-    (PodKey::AuthPath, "auth-path", "auth-path"),
-    (PodKey::VaultNamespace, "namespace", "vault-namespace"),
-    (PodKey::VolumePath, "secret-volume-path", "volume-path"),
-    (PodKey::PrePopulate, "agent-pre-populate", "pre-populate"),
-    (
-        PodKey::PrePopulateOnly,
-        "agent-pre-populate-only",
-        "pre-populate-only",
-    ),
-    (PodKey::RunAsUser, "agent-run-as-user", "run-as-user"),
-    (PodKey::RunAsGroup, "agent-run-as-group", "run-as-group"),
-    (PodKey::RequestsCpu, "agent-requests-cpu", "requests-cpu"),
-    (PodKey::RequestsMemory, "agent-requests-mem", "requests-mem"),
-    (PodKey::LimitsCpu, "agent-limits-cpu", "limits-cpu"),
-    (PodKey::LimitsMemory, "agent-limits-mem", "limits-mem"),
-];
-
-/// A setting of one named secret.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum SecretKey {
-    Path,
-    Template,
-    File,
-    Perms,
-    VolumePath,
-}
-
-/// (key, vault-k8s prefix, native prefix) for every per-secret setting.
-const SECRET_KEYS: &[(SecretKey, &str, &str)] = &[
-    (SecretKey::Path, "agent-inject-secret-", "secret-"),
-    (SecretKey::Template, "agent-inject-template-", "template-"),
-    (SecretKey::File, "agent-inject-file-", "file-"),
-    (SecretKey::Perms, "agent-inject-perms-", "perms-"),
-    (SecretKey::VolumePath, "secret-volume-path-", "volume-path-"),
-];
-
 /// vault-k8s names that start like a supported per-secret prefix but mean something else.
 const COMPAT_UNSUPPORTED_PREFIXES: &[&str] = &["agent-inject-template-file-"];
 
@@ -267,8 +184,8 @@ struct Entry<'a> {
 /// Sorted annotations by meaning; the native spelling replaces the compat one.
 #[derive(Default)]
 struct Sorted<'a> {
-    pod: BTreeMap<PodKey, Entry<'a>>,
-    secrets: BTreeMap<(&'a str, SecretKey), Entry<'a>>,
+    pod: BTreeMap<PodSetting, Entry<'a>>,
+    secrets: BTreeMap<(&'a str, SecretSetting), Entry<'a>>,
     errors: Vec<AnnotationError>,
 }
 
@@ -284,27 +201,27 @@ impl<'a> Sorted<'a> {
                 continue;
             };
             let entry = Entry { origin, key, value };
-            if let Some((pod_key, _, _)) = POD_KEYS.iter().find(|(_, compat, native)| {
+            if let Some(setting) = PodSetting::ALL.into_iter().find(|setting| {
                 name == match origin {
-                    Origin::Compat => *compat,
-                    Origin::Native => *native,
+                    Origin::Compat => setting.compat_name(),
+                    Origin::Native => setting.native_name(),
                 }
             }) {
-                insert(&mut sorted.pod, *pod_key, entry);
+                insert(&mut sorted.pod, setting, entry);
                 continue;
             }
             let unsupported = origin == Origin::Compat
                 && COMPAT_UNSUPPORTED_PREFIXES
                     .iter()
                     .any(|prefix| name.starts_with(prefix));
-            let per_secret = SECRET_KEYS.iter().find_map(|(secret_key, compat, native)| {
+            let per_secret = SecretSetting::ALL.into_iter().find_map(|setting| {
                 let prefix = match origin {
-                    Origin::Compat => *compat,
-                    Origin::Native => *native,
+                    Origin::Compat => setting.compat_prefix(),
+                    Origin::Native => setting.native_prefix(),
                 };
                 name.strip_prefix(prefix)
                     .filter(|secret| !secret.is_empty())
-                    .map(|secret| (secret, *secret_key))
+                    .map(|secret| (secret, setting))
             });
             match (per_secret, origin) {
                 (Some(slot), _) if !unsupported => insert(&mut sorted.secrets, slot, entry),
@@ -322,7 +239,7 @@ impl<'a> Sorted<'a> {
         sorted
     }
 
-    fn get(&self, key: PodKey) -> Option<&Entry<'a>> {
+    fn get(&self, key: PodSetting) -> Option<&Entry<'a>> {
         self.pod.get(&key)
     }
 }
@@ -340,14 +257,14 @@ fn insert<'a, K: Ord>(map: &mut BTreeMap<K, Entry<'a>>, key: K, entry: Entry<'a>
 
 /// A hint for a mistyped native name: the vault-k8s spelling maps to a native one.
 fn suggestion(name: &str) -> String {
-    let native = POD_KEYS
-        .iter()
-        .find(|(_, compat, _)| *compat == name)
-        .map(|(_, _, native)| (*native).to_owned())
+    let native = PodSetting::ALL
+        .into_iter()
+        .find(|setting| setting.compat_name() == name)
+        .map(|setting| setting.native_name().to_owned())
         .or_else(|| {
-            SECRET_KEYS.iter().find_map(|(_, compat, native)| {
-                name.strip_prefix(compat)
-                    .map(|secret| format!("{native}{secret}"))
+            SecretSetting::ALL.into_iter().find_map(|setting| {
+                name.strip_prefix(setting.compat_prefix())
+                    .map(|secret| format!("{}{secret}", setting.native_prefix()))
             })
         });
     match native {
@@ -361,25 +278,28 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Annotations, Anno
     let mut sorted = Sorted::sort(annotations);
     let mut errors = std::mem::take(&mut sorted.errors);
 
-    if let Some(status) = sorted.get(PodKey::Status)
+    if let Some(status) = sorted.get(PodSetting::Status)
         && status.value == INJECTED
     {
         return Ok(Annotations::AlreadyInjected);
     }
     // The compat status annotation counts even when a native one (with another value) exists.
     if annotations
-        .get(&format!("{COMPAT_PREFIX}agent-inject-status"))
+        .get(&format!(
+            "{COMPAT_PREFIX}{}",
+            PodSetting::Status.compat_name()
+        ))
         .is_some_and(|value| value == INJECTED)
     {
         return Ok(Annotations::AlreadyInjected);
     }
-    match sorted.get(PodKey::Inject).map(parse_bool) {
+    match sorted.get(PodSetting::Inject).map(parse_bool) {
         None | Some(Ok(false)) => return Ok(Annotations::NotRequested),
         Some(Err(error)) => return Err(AnnotationErrors(vec![error])),
         Some(Ok(true)) => {}
     }
 
-    let role = match sorted.get(PodKey::Role) {
+    let role = match sorted.get(PodSetting::Role) {
         Some(entry) if !entry.value.trim().is_empty() => entry.value.trim().to_owned(),
         _ => {
             errors.push(AnnotationError::MissingRole);
@@ -387,30 +307,30 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Annotations, Anno
         }
     };
     let auth_path = sorted
-        .get(PodKey::AuthPath)
+        .get(PodSetting::AuthPath)
         .and_then(|entry| record(&mut errors, normalise_auth_path(entry)));
     let vault_namespace = sorted
-        .get(PodKey::VaultNamespace)
+        .get(PodSetting::VaultNamespace)
         .map(|entry| entry.value.trim().to_owned())
         .filter(|namespace| !namespace.is_empty());
     let volume_path = sorted
-        .get(PodKey::VolumePath)
+        .get(PodSetting::VolumePath)
         .and_then(|entry| record(&mut errors, normalise_volume_path(entry)))
         .unwrap_or_else(|| DEFAULT_VOLUME_PATH.to_owned());
-    let mut flag = |key: PodKey, default: bool| match sorted.get(key) {
+    let mut flag = |key: PodSetting, default: bool| match sorted.get(key) {
         None => default,
         Some(entry) => record(&mut errors, parse_bool(entry)).unwrap_or(default),
     };
-    let pre_populate = flag(PodKey::PrePopulate, true);
-    let pre_populate_only = flag(PodKey::PrePopulateOnly, false);
-    if pre_populate_only && sorted.get(PodKey::PrePopulate).is_some() && !pre_populate {
+    let pre_populate = flag(PodSetting::PrePopulate, true);
+    let pre_populate_only = flag(PodSetting::PrePopulateOnly, false);
+    if pre_populate_only && sorted.get(PodSetting::PrePopulate).is_some() && !pre_populate {
         errors.push(AnnotationError::ConflictingModes);
     }
     let run_as_user = sorted
-        .get(PodKey::RunAsUser)
+        .get(PodSetting::RunAsUser)
         .and_then(|entry| record(&mut errors, parse_id(entry, true)));
     let run_as_group = sorted
-        .get(PodKey::RunAsGroup)
+        .get(PodSetting::RunAsGroup)
         .and_then(|entry| record(&mut errors, parse_id(entry, false)));
     let resources = resources(&sorted, &mut errors);
     let secrets = secrets(&sorted, &volume_path, &mut errors);
@@ -533,7 +453,7 @@ fn normalise_perms(entry: &Entry<'_>) -> Result<String, AnnotationError> {
 }
 
 fn resources(sorted: &Sorted<'_>, errors: &mut Vec<AnnotationError>) -> ResourceOverrides {
-    let mut setting = |key: PodKey| match sorted.get(key) {
+    let mut setting = |key: PodSetting| match sorted.get(key) {
         None => QuantitySetting::Default,
         Some(entry) if entry.value.trim().is_empty() => QuantitySetting::Unset,
         Some(entry) => match quantity_value(entry.value.trim()) {
@@ -548,21 +468,21 @@ fn resources(sorted: &Sorted<'_>, errors: &mut Vec<AnnotationError>) -> Resource
         },
     };
     let overrides = ResourceOverrides {
-        requests_cpu: setting(PodKey::RequestsCpu),
-        requests_memory: setting(PodKey::RequestsMemory),
-        limits_cpu: setting(PodKey::LimitsCpu),
-        limits_memory: setting(PodKey::LimitsMemory),
+        requests_cpu: setting(PodSetting::RequestsCpu),
+        requests_memory: setting(PodSetting::RequestsMemory),
+        limits_cpu: setting(PodSetting::LimitsCpu),
+        limits_memory: setting(PodSetting::LimitsMemory),
     };
     for (request_key, limit_key, request, limit) in [
         (
-            PodKey::RequestsCpu,
-            PodKey::LimitsCpu,
+            PodSetting::RequestsCpu,
+            PodSetting::LimitsCpu,
             &overrides.requests_cpu,
             &overrides.limits_cpu,
         ),
         (
-            PodKey::RequestsMemory,
-            PodKey::LimitsMemory,
+            PodSetting::RequestsMemory,
+            PodSetting::LimitsMemory,
             &overrides.requests_memory,
             &overrides.limits_memory,
         ),
@@ -634,29 +554,29 @@ fn secrets(
 ) -> Vec<SecretRequest> {
     let mut secrets = Vec::new();
     for ((name, key), entry) in &sorted.secrets {
-        if *key == SecretKey::Path {
+        if *key == SecretSetting::Path {
             let path = entry.value.trim().trim_matches('/');
             if path.is_empty() {
                 errors.push(AnnotationError::EmptyPath {
                     key: entry.key.to_owned(),
                 });
             }
-            let setting = |key: SecretKey| sorted.secrets.get(&(*name, key));
+            let setting = |key: SecretSetting| sorted.secrets.get(&(*name, key));
             secrets.push(SecretRequest {
                 name: (*name).to_owned(),
                 path: path.to_owned(),
-                template: setting(SecretKey::Template).map(|entry| entry.value.to_owned()),
-                file: match setting(SecretKey::File) {
+                template: setting(SecretSetting::Template).map(|entry| entry.value.to_owned()),
+                file: match setting(SecretSetting::File) {
                     Some(entry) => record(errors, normalise_file(entry)).unwrap_or_default(),
                     None => (*name).to_owned(),
                 },
-                perms: setting(SecretKey::Perms)
+                perms: setting(SecretSetting::Perms)
                     .and_then(|entry| record(errors, normalise_perms(entry))),
-                volume_path: setting(SecretKey::VolumePath)
+                volume_path: setting(SecretSetting::VolumePath)
                     .and_then(|entry| record(errors, normalise_volume_path(entry)))
                     .unwrap_or_else(|| pod_volume_path.to_owned()),
             });
-        } else if !sorted.secrets.contains_key(&(*name, SecretKey::Path)) {
+        } else if !sorted.secrets.contains_key(&(*name, SecretSetting::Path)) {
             errors.push(AnnotationError::NoMatchingSecret {
                 key: entry.key.to_owned(),
                 name: (*name).to_owned(),

@@ -169,12 +169,15 @@ impl Args {
             ),
             None => None,
         };
+        let vault_addr = self.vault_addr.trim_end_matches('/').to_owned();
+        agent_contract::config::check_vault_addr(&vault_addr)
+            .map_err(|violation| anyhow::anyhow!("--vault-addr: {violation}"))?;
         let mount = self.default_auth_path.trim().trim_matches('/');
         let mount = mount.strip_prefix("auth/").unwrap_or(mount);
         anyhow::ensure!(!mount.is_empty(), "--default-auth-path is empty");
         Ok(WebhookConfig {
             agent_image: self.agent_image.clone(),
-            vault_addr: self.vault_addr.trim_end_matches('/').to_owned(),
+            vault_addr,
             vault_ca_pem,
             default_auth_path: format!("auth/{mount}"),
             native_sidecars: self.native_sidecars,
@@ -213,5 +216,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(value)),
         "m" => Ok(Duration::from_secs(value * 60)),
         _ => Err(format!("{text:?} is not a duration like 5s")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(vault_addr: &str) -> Args {
+        Args::try_parse_from([
+            "vaultkeeper-webhook",
+            "--agent-image",
+            "agent:1",
+            "--vault-addr",
+            vault_addr,
+        ])
+        .expect("the flags parse")
+    }
+
+    #[test]
+    fn a_vault_address_the_agent_would_refuse_stops_the_webhook_at_start() {
+        let config = args("https://vault.vault.svc:8200/")
+            .webhook_config()
+            .unwrap();
+        assert_eq!(config.vault_addr, "https://vault.vault.svc:8200");
+        let error = args("vault.vault.svc:8200").webhook_config().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--vault-addr: vaultAddr \"vault.vault.svc:8200\" is not an http:// or https:// address"
+        );
     }
 }

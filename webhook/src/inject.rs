@@ -17,9 +17,16 @@
 //!
 //! Agent init containers go first, so the app's own init containers can read the secrets too.
 //! - the annotation `vaultkeeper.dev/status: injected`, so re-admission leaves the pod alone.
+//!
+//! Each agent's configuration is checked with the agent's own parser and validator
+//! ([`AgentConfig::parse`] on the JSON about to be injected) before anything is admitted: a pod
+//! whose agent would refuse to start is denied, with the rule it breaks and the annotation to fix.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use agent_contract::{
+    AGENT_CONFIG_ENV, AGENT_CONFIG_VERSION, AgentConfig, AgentMode, AgentSecret, ConfigError,
+};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
@@ -30,9 +37,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
-use crate::agent_config::{
-    AGENT_CONFIG_ENV, AGENT_CONFIG_VERSION, AgentConfig, AgentMode, AgentSecret,
-};
 use crate::annotations::{
     self, Annotations, INJECTED, InjectionRequest, QuantitySetting, STATUS_ANNOTATION,
     quantity_value,
@@ -169,7 +173,8 @@ pub fn inject(pod: &Pod, namespace: &str, config: &WebhookConfig) -> Decision {
     }
 }
 
-fn plan(
+/// The patch for a pod whose annotations were parsed into `request`, or why it is refused.
+pub fn plan(
     spec: &PodSpec,
     request: &InjectionRequest,
     config: &WebhookConfig,
@@ -189,7 +194,7 @@ fn plan(
             image: Some(config.agent_image.clone()),
             env: Some(vec![EnvVar {
                 name: AGENT_CONFIG_ENV.to_owned(),
-                value: Some(agent_config(request, config, mode)?),
+                value: Some(admit(&agent_config(request, config, mode))?),
                 value_from: None,
             }]),
             resources: resources.clone(),
@@ -509,12 +514,13 @@ fn resources(
     }))
 }
 
-fn agent_config(
+/// The agent configuration for `request`, as built; [`admit`] decides whether it may be injected.
+pub fn agent_config(
     request: &InjectionRequest,
     config: &WebhookConfig,
     mode: AgentMode,
-) -> Result<String, String> {
-    let agent = AgentConfig {
+) -> AgentConfig {
+    AgentConfig {
         version: AGENT_CONFIG_VERSION,
         mode,
         vault_addr: config.vault_addr.clone(),
@@ -540,7 +546,23 @@ fn agent_config(
                 perms: secret.perms.clone(),
             })
             .collect(),
-    };
-    serde_json::to_string(&agent)
-        .map_err(|error| format!("failed to encode the agent configuration: {error}"))
+    }
+}
+
+/// The JSON for the agent's environment, once the agent's own check ([`AgentConfig::parse`], run
+/// on that very JSON) accepts it; otherwise the denial message, naming the annotation to fix.
+pub fn admit(agent: &AgentConfig) -> Result<String, String> {
+    let json = serde_json::to_string(agent)
+        .map_err(|error| format!("failed to encode the agent configuration: {error}"))?;
+    const REFUSED: &str = "vaultkeeper cannot inject this pod, its agent would refuse to start";
+    match AgentConfig::parse(&json) {
+        Ok(_) => Ok(json),
+        Err(ConfigError::Invalid(violation)) => Err(match violation.annotations() {
+            Some(keys) => format!("{REFUSED}: {violation}; fix {keys}"),
+            None => format!(
+                "{REFUSED}: {violation}; this comes from the webhook's configuration, not from the pod"
+            ),
+        }),
+        Err(error) => Err(format!("{REFUSED}: {error}")),
+    }
 }

@@ -1,10 +1,15 @@
-//! Annotation parsing: defaults, precedence and the error messages users see.
+//! Annotation parsing: defaults, precedence and the error messages users see. Every request these
+//! tests accept is also injected, and the agent's own validator must accept what gets injected.
+
+mod common;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Pod;
 use vaultkeeper_webhook::annotations::{
     AnnotationError, Annotations, InjectionRequest, QuantitySetting, parse, quantity_value,
 };
+use vaultkeeper_webhook::inject::{Decision, WebhookConfig, inject};
 
 fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -25,10 +30,20 @@ const OPT_IN: &[(&str, &str)] = &[
 fn inject_request(extra: &[(&str, &str)]) -> InjectionRequest {
     let mut all = annotations(OPT_IN);
     all.extend(annotations(extra));
-    match parse(&all) {
+    let request = match parse(&all) {
         Ok(Annotations::Inject(request)) => *request,
         other => panic!("expected an injection request, got {other:?}"),
+    };
+    let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pod_json = common::pod_with(&pairs);
+    let pod: Pod = serde_json::from_value(pod_json.clone()).expect("a Pod");
+    match inject(&pod, "app", &WebhookConfig::default()) {
+        Decision::Patch(patch) => {
+            common::assert_agent_accepts(&format!("{extra:?}"), &pod_json, &patch);
+        }
+        other => panic!("{extra:?}: expected a patch, got {other:?}"),
     }
+    request
 }
 
 fn errors(extra: &[(&str, &str)]) -> Vec<AnnotationError> {

@@ -3,14 +3,18 @@
 //! Cases whose name starts with `classic-` run without native sidecar support; the namespace is
 //! the pod's `metadata.namespace` (default `app`).
 //!
+//! Every patch must apply, give a valid Pod, and carry agent configurations that the agent's own
+//! parser and validator (`agent_contract::AgentConfig::parse`) accept.
+//!
 //! A mismatch fails with a line diff. `UPDATE_GOLDEN=1 cargo test -p vaultkeeper-webhook --test
 //! golden` rewrites the expected files; review the diff before committing them.
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use vaultkeeper_webhook::agent_config::{AGENT_CONFIG_ENV, AgentConfig};
 use vaultkeeper_webhook::inject::{Decision, WebhookConfig, inject};
 
 fn config_for(case: &str) -> WebhookConfig {
@@ -58,34 +62,14 @@ fn outcome(case: &str, pod_json: &Value) -> Value {
     }
 }
 
-/// The patch must apply to the pod, give a valid Pod, and carry agent configs the agent can read.
+/// The patch must apply to the pod, give a valid Pod, and carry agent configs the agent accepts.
 fn check_patch_applies(case: &str, pod_json: &Value, patch: &json_patch::Patch) {
     let mut patched = pod_json.clone();
     json_patch::patch(&mut patched, patch)
         .unwrap_or_else(|error| panic!("{case}: the patch does not apply: {error}"));
-    let pod: Pod = serde_json::from_value(patched)
+    let _: Pod = serde_json::from_value(patched)
         .unwrap_or_else(|error| panic!("{case}: the patched pod is not a Pod: {error}"));
-    let spec = pod.spec.expect("a spec");
-    let agents = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .filter(|container| container.name.starts_with("vaultkeeper-agent"));
-    let mut count = 0;
-    for agent in agents {
-        count += 1;
-        let env = agent.env.as_ref().expect("agent env");
-        let raw = env
-            .iter()
-            .find(|var| var.name == AGENT_CONFIG_ENV)
-            .and_then(|var| var.value.as_deref())
-            .expect("agent config env var");
-        let config: AgentConfig = serde_json::from_str(raw)
-            .unwrap_or_else(|error| panic!("{case}: the agent config does not parse: {error}"));
-        assert!(!config.secrets.is_empty(), "{case}: agent without secrets");
-    }
-    assert!(count > 0, "{case}: no agent container was injected");
+    common::assert_agent_accepts(case, pod_json, patch);
 }
 
 #[test]
