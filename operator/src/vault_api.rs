@@ -58,6 +58,12 @@ pub trait VaultApi: Send + Sync {
         increment: Duration,
     ) -> Result<Renewal, VaultError>;
     async fn revoke_lease(&self, token: &VaultToken, lease_id: &str) -> Result<(), VaultError>;
+    /// The time a lease has left; `None` when Vault no longer knows it.
+    async fn lookup_lease(
+        &self,
+        token: &VaultToken,
+        lease_id: &str,
+    ) -> Result<Option<Duration>, VaultError>;
     async fn pki_issue(
         &self,
         token: &VaultToken,
@@ -145,6 +151,13 @@ impl VaultApi for VaultClient {
     }
     async fn revoke_lease(&self, token: &VaultToken, lease_id: &str) -> Result<(), VaultError> {
         VaultClient::revoke_lease(self, token, lease_id).await
+    }
+    async fn lookup_lease(
+        &self,
+        token: &VaultToken,
+        lease_id: &str,
+    ) -> Result<Option<Duration>, VaultError> {
+        VaultClient::lookup_lease(self, token, lease_id).await
     }
     async fn pki_issue(
         &self,

@@ -387,6 +387,35 @@ async fn sync(
     if step == Step::Issue(IssueReason::SecretLost) && record_invalid {
         step = Step::Issue(IssueReason::RecordInvalid);
     }
+    // The recorded expiry passed, but a renewal whose status write was lost (an API outage) may
+    // have extended the lease: ask Vault before issuing a second live credential.
+    let mut lease = lease;
+    if step == Step::Issue(IssueReason::LeaseLost)
+        && let Some(l) = &lease
+    {
+        let left = client
+            .lookup_lease(&token.token, &l.id)
+            .await
+            .map_err(|source| Error::Renew {
+                lease_id: l.id.clone(),
+                source,
+            })?;
+        if let Some(left) = left.filter(|left| !left.is_zero()) {
+            let alive = LeaseRecord {
+                expires: crate::clock::after(now, left),
+                ..l.clone()
+            };
+            step = schedule::next_step(
+                Some(&alive),
+                secret_holds_lease,
+                spec_changed,
+                &view,
+                timing,
+                now,
+            );
+            lease = Some(alive);
+        }
+    }
     let mut renewal_note = None;
     let mut current = lease.clone();
     if step == Step::Renew {

@@ -365,6 +365,20 @@ impl VaultApi for FakeVault {
         Ok(())
     }
 
+    async fn lookup_lease(
+        &self,
+        _token: &VaultToken,
+        lease_id: &str,
+    ) -> Result<Option<Duration>, VaultError> {
+        self.enter("lookup_lease", lease_id).await?;
+        let known = self
+            .lock()
+            .leases
+            .iter()
+            .any(|l| l.id == lease_id && l.revoked_at.is_none());
+        Ok(known.then_some(LEASE_TTL))
+    }
+
     async fn pki_issue(
         &self,
         _token: &VaultToken,
