@@ -14,7 +14,8 @@
 # by exactly one new lease. The operator runs under a restart loop, as a kubelet would run it.
 #
 # Known failure, kept on purpose until the operator is fixed: "short" holds two live leases (and
-# two PostgreSQL roles) after connection resets on OpenBao and after a black hole on the API server.
+# two PostgreSQL roles) in and after the black hole on the API server (every run so far) and after
+# connection resets on OpenBao (when one of its renewals falls in the 15 s window; 2 runs of 5).
 # Renewals that OpenBao carried out but whose answer (resets) or status write (API server gone) was
 # lost are forgotten; once the recorded expiry passes, the operator issues a new credential as if the
 # lease were lost and never revokes the old one, which OpenBao had extended and which lives on until

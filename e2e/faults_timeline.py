@@ -22,6 +22,7 @@ import threading
 import time
 
 lock = threading.Lock()
+watches = {}  # resource -> its current kubectl process, stopped with the recorder
 
 
 def emit(out, *fields) -> None:
@@ -55,6 +56,7 @@ def watch(out, resource: str, on_event) -> None:
     while True:  # a watch the API server ends is started again
         proc = subprocess.Popen(["kubectl", "-n", os.environ["NS"], "get", resource, "-w", "--output-watch-events", "-o", "json"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        watches[resource] = proc
         for event in json_stream(proc):
             on_event(out, event.get("type", "?"), event.get("object", {}))
         proc.wait()
@@ -106,6 +108,14 @@ def poll(out, roles: list, prefixes: list) -> None:
 
 
 def record(path: str) -> None:
+    import signal
+
+    def stop(_signum, _frame):
+        for proc in list(watches.values()):
+            proc.terminate()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     out = open(path, "a")
     threads = [threading.Thread(target=watch, args=(out, "secrets", on_secret), daemon=True),
                threading.Thread(target=watch, args=(out, "vaultsecrets", on_resource("vsec")), daemon=True),
