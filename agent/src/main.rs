@@ -175,23 +175,18 @@ async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
 
 /// `90`, `90s`, `5m`, `1h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    // A bare number of seconds, or the contract's (checked) duration syntax.
     let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 5m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?} is not a duration such as 30s, 5m or 1h")),
-    };
-    if secs == 0 {
+    let duration = text
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| agent_contract::duration::parse(text))
+        .ok_or_else(|| format!("{text:?} is not a duration such as 30s, 5m or 1h"))?;
+    if duration < Duration::from_secs(1) {
         return Err("the duration must be at least 1s".into());
     }
-    Ok(Duration::from_secs(secs))
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -206,6 +201,9 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("x").is_err());
+        // Values past any range are refused, not overflowed (they panicked before).
+        assert!(parse_duration("99999999999999999m").is_err());
+        assert!(parse_duration("9999999999999999h").is_err());
     }
 
     #[test]

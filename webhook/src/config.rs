@@ -202,26 +202,29 @@ impl Args {
 }
 
 /// `5s`, `500ms`, `1m`, or plain seconds.
+/// A flag's duration: a bare number of seconds, or the contract's duration syntax (checked, so a
+/// huge value is refused instead of overflowing).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 5s"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "ms" => Ok(Duration::from_millis(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("{text:?} is not a duration like 5s")),
-    }
+    text.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| agent_contract::duration::parse(text))
+        .ok_or_else(|| format!("{text:?} is not a duration like 5s"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_durations_are_checked() {
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("99999999999999999m").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 
     fn args(vault_addr: &str) -> Args {
         Args::try_parse_from([
