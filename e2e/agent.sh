@@ -9,13 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
-AGENT=${AGENT_BIN:-$PWD/target/debug/vaultkeeper-agent}
+. e2e/lib.sh
+AGENT=${AGENT_BIN:-$BUILD_DIR/vaultkeeper-agent}
 [ -x "$AGENT" ] || { echo "FAILED: agent binary $AGENT missing (build it first)"; exit 1; }
 NS=agent1
 WORK=$VK_STACK_DIR/agent-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 CANARY=canary-s3cr3t-$RANDOM$RANDOM
-. e2e/lib.sh
 valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
 url_user() { sed -E 's|^postgresql://([^:]+):.*|\1|' "$1"; }
 mode_of() { stat -c %a "$1"; }

@@ -15,7 +15,7 @@ RAW_AUDIT=${VK_BAO_RAW_AUDIT_LOG:-}
 OP_PID=; OP_N=0
 start_operator() { # one more operator process, named cert-op-<n>, leading once it is ready
   OP_N=$((OP_N + 1))
-  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" --identity "cert-op-$OP_N" >>"$OP_LOG" 2>&1 &
+  "$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" --identity "cert-op-$OP_N" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
   eventually 60 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = cert-op-$OP_N ]" \
     && eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator cert-op-$OP_N never led"

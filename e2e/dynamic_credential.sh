@@ -16,7 +16,7 @@ OP_PID=; B_PID=; OP_N=0
 start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
   local port=${1:-$METRICS_PORT}
   OP_N=$((OP_N + 1))
-  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$port" --identity "op-$OP_N" >>"$OP_LOG" 2>&1 &
+  "$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$port" --identity "op-$OP_N" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
   eventually 60 curl -sf "127.0.0.1:$port/readyz" || bad "operator op-$OP_N never became ready"
 }

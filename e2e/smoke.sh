@@ -20,7 +20,7 @@ printf 'path "secret/data/app1/*" { capabilities = ["read"] }\npath "secret/meta
 bao write auth/kubernetes/role/app1 bound_service_account_names=web bound_service_account_namespaces=app1 policies=app1 ttl=1h >/dev/null
 bao kv put secret/app1/config username=app password="$CANARY" >/dev/null
 
-./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" >"$OP_LOG" 2>&1 &
+"$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" >"$OP_LOG" 2>&1 &
 OP_PID=$!
 trap 'kill $OP_PID 2>/dev/null || true' EXIT
 eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator never became ready"

@@ -18,7 +18,7 @@ metric() { curl -s "127.0.0.1:$METRICS/metrics" | awk -v m="$1" 'index($0, m) ==
   printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >san.ext &&
   openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 1 -extfile san.ext 2>/dev/null)
 
-./target/debug/vaultkeeper-webhook --addr "127.0.0.1:$PORT" --cert-file "$WORK/tls.crt" --key-file "$WORK/tls.key" \
+"$BUILD_DIR/vaultkeeper-webhook" --addr "127.0.0.1:$PORT" --cert-file "$WORK/tls.crt" --key-file "$WORK/tls.key" \
   --metrics-addr "127.0.0.1:$METRICS" --agent-image registry.example/vaultkeeper-agent:test \
   --vault-addr https://vault.example:8200 >"$LOG" 2>&1 &
 WH_PID=$!
