@@ -12,7 +12,7 @@ export PATH=$VK_BIN:$PATH
 . e2e/lib.sh
 AGENT=${AGENT_BIN:-$BUILD_DIR/vaultkeeper-agent}
 [ -x "$AGENT" ] || { echo "FAILED: agent binary $AGENT missing (build it first)"; exit 1; }
-NS=agent1
+NS=agent # a namespace of this script alone
 WORK=$VK_STACK_DIR/agent-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 CANARY=canary-s3cr3t-$RANDOM$RANDOM
@@ -39,7 +39,7 @@ bao kv put kv/agent1/plain api_key="k-$CANARY" region=eu >/dev/null
 bao secrets list -format=json | contains '"database/"' || bao secrets enable database >/dev/null
 bao write database/config/agentpg plugin_name=postgresql-database-plugin allowed_roles='*' \
   connection_url="postgresql://{{username}}:{{password}}@$VK_PG_HOST:$VK_PG_PORT/postgres?sslmode=disable" \
-  username=postgres password=unused >/dev/null
+  username=postgres password=unused username_template='agent-{{.RoleName}}-{{random 20}}' >/dev/null
 create="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
 # A short TTL so renewals show within the test (renewed at two thirds: every 8s).
 bao write database/roles/agent-app db_name=agentpg creation_statements="$create" default_ttl=12s max_ttl=10m >/dev/null
@@ -165,7 +165,7 @@ if grep -qF -e "$CANARY" -e "$pw" -e "$token" "$WORK/init.log" "$WORK/sidecar.lo
 
 # --- 3. init failures: one clear line, non-zero, nothing written, issued leases revoked ----------
 BAD_OUT=$WORK/bad-secrets; BAD_RUN=$WORK/bad-run
-roles_before=$(psql_admin "select count(*) from pg_roles where rolname like 'v-%'")
+roles_before=$(psql_admin "select count(*) from pg_roles where rolname like 'agent-%'")
 BAD=$(config init "$BAD_OUT" "$BAD_RUN" "[
   {\"name\": \"db\", \"path\": \"database/creds/agent-app\", \"file\": \"db\", \"mountPath\": \"$BAD_OUT\"},
   {\"name\": \"good\", \"path\": \"secret/data/agent1/config\", \"file\": \"good\", \"mountPath\": \"$BAD_OUT\"},
@@ -176,7 +176,7 @@ err=$(grep 'error:' "$WORK/bad.log" || true)
 [ "$(grep -c 'error:' "$WORK/bad.log")" = 1 ] && grep -q 'failed to read secret/data/agent1/nope' <<<"$err" && grep -q 'not found' <<<"$err" \
   && ok "bad path: one clear line: $err" || bad "bad path message: $(cat "$WORK/bad.log")"
 [ ! -e "$BAD_OUT" ] || [ -z "$(ls -A "$BAD_OUT")" ] && ok "bad path: nothing written" || bad "bad path: files written: $(ls "$BAD_OUT")"
-eventually 15 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname like 'v-%'\")\" = $roles_before ]" \
+eventually 15 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname like 'agent-%'\")\" = $roles_before ]" \
   && ok "bad path: the credential issued by the failed run was revoked" || bad "bad path: a PostgreSQL role was left behind"
 rc=0; out=$(agent "$(config init "$BAD_OUT" "$BAD_RUN" | sed 's/"version": 1/"version": 7/')" 2>&1) || rc=$?
 [ "$rc" != 0 ] && grep -q "unsupported agent configuration version 7" <<<"$out" && ok "unknown config version: $out" || bad "unknown version: rc=$rc $out"

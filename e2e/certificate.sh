@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
-NS=cert1
+# Namespaces of this script alone: the certificates' and the operator's own (its key and the
+# leader Lease), so no other script's state is seen or changed.
+NS=certificate
+OP_NS=certificate-system
 OP_LOG=$VK_STACK_DIR/logs/operator-cert.log
 . e2e/lib.sh
 METRICS_PORT=$(free_port)
@@ -15,13 +18,15 @@ RAW_AUDIT=${VK_BAO_RAW_AUDIT_LOG:-}
 OP_PID=; OP_N=0
 start_operator() { # one more operator process, named cert-op-<n>, leading once it is ready
   OP_N=$((OP_N + 1))
-  "$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" --identity "cert-op-$OP_N" >>"$OP_LOG" 2>&1 &
+  "$BUILD_DIR/vaultkeeper-operator" --namespace "$OP_NS" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" --identity "cert-op-$OP_N" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
-  eventually 60 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = cert-op-$OP_N ]" \
+  eventually 60 bash -c "[ \"\$(kubectl -n $OP_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = cert-op-$OP_N ]" \
     && eventually 30 curl -sf "127.0.0.1:$METRICS_PORT/readyz" || bad "operator cert-op-$OP_N never led"
 }
 synced() { curl -sf "127.0.0.1:$METRICS_PORT/metrics" | sed -n 's/^vaultkeeper_syncs_total{kind="CertificateRequest",result="synced"} //p'; }
-trap 'kill $OP_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# On exit the resources go first (their finalizers revoke the certificates), so no later script's
+# operator finds them.
+trap 'kubectl -n $NS delete vcert --all --wait=true --timeout=30s >/dev/null 2>&1; kill $OP_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 status_of() { kubectl -n $NS get vcert "$1" -o "jsonpath={.status.$2}"; }
 cond() { kubectl -n $NS get vcert "$1" -o "jsonpath={.status.conditions[?(@.type==\"$2\")].$3}"; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.${2//./\\.}}" | base64 -d; }
@@ -36,6 +41,7 @@ key_lines() { grep -v -- '-----' | grep -E '.{40}'; }
 
 kubectl apply -f manifests/crds.yaml >/dev/null
 kubectl wait --for=condition=Established crd/certificaterequests.vaultkeeper.dev >/dev/null
+kubectl create namespace $OP_NS >/dev/null
 kubectl create namespace $NS >/dev/null
 kubectl -n $NS create serviceaccount web >/dev/null
 
@@ -105,7 +111,7 @@ start_operator
 vcert web-issue web-issue-tls "  commonName: web.example.com
   altNames: [web.example.com, www.example.com]
   ipSans: [10.1.2.3]
-  uriSans: [spiffe://cluster.local/ns/cert1/sa/web]
+  uriSans: [spiffe://cluster.local/ns/$NS/sa/web]
   ttl: 2h"
 vcert web-sign web-sign-tls "  mode: sign
   commonName: api.example.com
@@ -141,7 +147,7 @@ check_tls() { # check_TLS CR SECRET KEY-TEXT SAN...
     && ok "$cr: status.serialNumber $serial is the certificate's" || bad "$cr: status serial $serial differs"
   bao read -field=certificate "pki-int/cert/$serial" >/dev/null 2>&1 && ok "$cr: Vault knows serial $serial" || bad "$cr: Vault has no certificate $serial"
 }
-check_tls web-issue web-issue-tls "Private-Key: (2048 bit" DNS:web.example.com DNS:www.example.com IPAddress:10.1.2.3 URI:spiffe://cluster.local/ns/cert1/sa/web
+check_tls web-issue web-issue-tls "Private-Key: (2048 bit" DNS:web.example.com DNS:www.example.com IPAddress:10.1.2.3 URI:spiffe://cluster.local/ns/$NS/sa/web
 check_tls web-sign web-sign-tls "NIST CURVE: P-384" DNS:api.example.com IPAddress:2001:DB8:0:0:0:0:0:7
 kubectl -n $NS get vcert web-issue | contains EXPIRES && ok "printer columns: $(kubectl -n $NS get vcert web-issue --no-headers | tr -s ' ')" || bad "no Expires column"
 
@@ -177,7 +183,7 @@ sleep 5
 vcert web-issue web-issue-tls "  commonName: web.example.com
   altNames: [web.example.com, www.example.com, shop.example.com]
   ipSans: [10.1.2.3]
-  uriSans: [spiffe://cluster.local/ns/cert1/sa/web]
+  uriSans: [spiffe://cluster.local/ns/$NS/sa/web]
   ttl: 2h"
 if eventually 30 bash -c "[ \"\$(kubectl -n $NS get vcert web-issue -o jsonpath='{.status.serialNumber}')\" != $serial0 ]"; then
   serial1=$(status_of web-issue serialNumber)

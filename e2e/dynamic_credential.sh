@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
-NS=db1
+# Namespaces of this script alone: the credentials' and the operator's own (its key, the stored
+# lease tokens and the leader Lease), so no other script's state is seen or changed.
+NS=dynamic-credential
+OP_NS=dynamic-credential-system
 OP_LOG=$VK_STACK_DIR/logs/operator-dc.log
 . e2e/lib.sh
 METRICS_PORT=$(free_port)
-app_roles() { psql_admin "select rolname from pg_roles where rolname like 'v-%' order by 1" | tr '\n' ' '; }
+# This script's PostgreSQL roles: its database connection names them dc-<role>-<random>.
+app_roles() { psql_admin "select rolname from pg_roles where rolname like 'dc-%' order by 1" | tr '\n' ' '; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
 replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
@@ -16,23 +20,27 @@ OP_PID=; B_PID=; OP_N=0
 start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
   local port=${1:-$METRICS_PORT}
   OP_N=$((OP_N + 1))
-  "$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$port" --identity "op-$OP_N" >>"$OP_LOG" 2>&1 &
+  "$BUILD_DIR/vaultkeeper-operator" --namespace "$OP_NS" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$port" --identity "op-$OP_N" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
   eventually 60 curl -sf "127.0.0.1:$port/readyz" || bad "operator op-$OP_N never became ready"
 }
-holder() { kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
-trap 'for p in $OP_PID $B_PID; do kill $p 2>/dev/null || true; done' EXIT
+holder() { kubectl -n $OP_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+# On exit the resources go first (their finalizers revoke the leases), so no later script's
+# operator finds them.
+trap 'kubectl -n $NS delete dcred --all --wait=true --timeout=30s >/dev/null 2>&1; for p in $OP_PID $B_PID; do kill $p 2>/dev/null || true; done' EXIT
 
 kubectl apply -f manifests/crds.yaml >/dev/null
 kubectl wait --for=condition=Established crd/dynamiccredentials.vaultkeeper.dev >/dev/null
+kubectl create namespace $OP_NS >/dev/null
 kubectl create namespace $NS >/dev/null
 kubectl -n $NS create serviceaccount web >/dev/null
 
 # OpenBao's database engine against the real PostgreSQL; short TTLs so renewal and rotation show.
-bao secrets enable database >/dev/null
+# The engine may be mounted already (another script shares this OpenBao); the connection is ours.
+bao secrets list -format=json | contains '"database/"' || bao secrets enable database >/dev/null
 bao write database/config/pg plugin_name=postgresql-database-plugin allowed_roles='*' \
   connection_url="postgresql://{{username}}:{{password}}@$VK_PG_HOST:$VK_PG_PORT/postgres?sslmode=disable" \
-  username=postgres password=unused >/dev/null
+  username=postgres password=unused username_template='dc-{{.RoleName}}-{{random 20}}' >/dev/null
 create="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
 bao write database/roles/app db_name=pg creation_statements="$create" default_ttl=30s max_ttl=10m >/dev/null
 bao write database/roles/short db_name=pg creation_statements="$create" default_ttl=15s max_ttl=45s >/dev/null
@@ -102,8 +110,8 @@ sleep 25 # past at least one renewal by the restarted operator
 [ "$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}')" = "$rv_before" ] && ok "after restarts: Secret not rewritten" || bad "Secret rewritten after restart"
 PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
   && ok "credential still logs in after restarts" || bad "credential dead after restarts"
-[ "$(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name | wc -l)" = 1 ] && ok "one stored lease token for the identity" || bad "stored lease tokens: $(kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o name)"
-kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json | contains '"token": "hvs\.\|"token": "s\.' \
+[ "$(kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o name | wc -l)" = 1 ] && ok "one stored lease token for the identity" || bad "stored lease tokens: $(kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o name)"
+kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o json | contains '"token": "hvs\.\|"token": "s\.' \
   && bad "stored lease token is not encrypted" || ok "stored lease token is encrypted"
 
 # 3b. The managed Secret deleted by hand: the credential cannot be read again, so a new one is
@@ -240,7 +248,7 @@ fi
 # 5. High availability: a standby takes over within 15 s when the leader is killed and resumes the
 #    same lease (no new credential, no rollout); a graceful shutdown releases the Lease at once.
 kubectl -n $NS delete dcred short --wait=true --timeout=30s >/dev/null # stop its 45s rotations
-eventually 20 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = op-$OP_N ]" \
+eventually 20 bash -c "[ \"\$(kubectl -n $OP_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = op-$OP_N ]" \
   || bad "op-$OP_N never became leader ($(holder))"
 leader=op-$OP_N; LEADER_PID=$OP_PID
 STANDBY_PORT=$(free_port)
@@ -250,7 +258,7 @@ sleep 3
 lease=$(status_of app leaseId); roles_before=$(app_roles); rs_before=$(replicasets)
 t0=$(date +%s.%N)
 kill -9 "$LEADER_PID"; wait "$LEADER_PID" 2>/dev/null || true
-if eventually 30 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = $standby ]"; then
+if eventually 30 bash -c "[ \"\$(kubectl -n $OP_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = $standby ]"; then
   took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
   python3 -c "import sys; sys.exit(0 if $took <= 15 else 1)" && ok "standby took over ${took}s after the leader was killed" || bad "takeover took ${took}s (> 15s)"
 else
