@@ -49,6 +49,10 @@ printf 'path "database/creds/*" { capabilities = ["read"] }\npath "sys/leases/re
 bao write auth/kubernetes/role/db bound_service_account_names=web bound_service_account_namespaces=$NS \
   policies=db token_period=1h >/dev/null
 
+# The unhashed audit log the launcher enables with VK_RAW_AUDIT=1 (as `make test` does): the tests
+# read the plaintext Vault tokens from it.
+[ -n "${VK_BAO_RAW_AUDIT_LOG:-}" ] && [ -f "$VK_BAO_RAW_AUDIT_LOG" ] || { echo "FAILED: no raw audit log; run inside a stack started with VK_RAW_AUDIT=1 (make test does)"; exit 1; }
+
 start_operator
 
 dcred() { # dcred NAME ROLE SECRET [EXTRA-YAML]
@@ -111,8 +115,27 @@ sleep 25 # past at least one renewal by the restarted operator
 PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$user" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
   && ok "credential still logs in after restarts" || bad "credential dead after restarts"
 [ "$(kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o name | wc -l)" = 1 ] && ok "one stored lease token for the identity" || bad "stored lease tokens: $(kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o name)"
-kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o json | contains '"token": "hvs\.\|"token": "s\.' \
-  && bad "stored lease token is not encrypted" || ok "stored lease token is encrypted"
+# The stored token must not be readable: the token that issued the lease (Vault's unhashed audit
+# log recorded it with the request that returned the lease; the lease outlived two restarts, so this
+# very token was stored and reused) is in none of the stored Secret's decoded bytes.
+if lease_token=$(issuing_token "$(status_of app leaseId)"); then
+  BAO_TOKEN=$lease_token VAULT_TOKEN=$lease_token bao token lookup >/dev/null 2>&1 \
+    && ok "the lease's issuing token, from the raw audit log, is a live Vault token" || bad "the token the audit log names for the lease is not valid"
+  stored=$(kubectl -n $OP_NS get secret -l vaultkeeper.dev/lease-token=true -o json || true)
+  case $(plaintext_in "$lease_token" <<<"$stored") in
+    absent) ok "stored lease token is encrypted: the plaintext token is in none of its decoded data or metadata" ;;
+    found) bad "stored lease token is not encrypted: the plaintext token is in the Secret" ;;
+    *) bad "no stored lease token to check in $OP_NS" ;;
+  esac
+  # Control: the same check finds the token in Secrets that store it unencrypted, base64-encoded as
+  # Kubernetes does (once), or encoded once more before that.
+  once=$(printf %s "$lease_token" | base64 -w0); twice=$(printf %s "$once" | base64 -w0)
+  [ "$(plaintext_in "$lease_token" <<<"{\"data\": {\"token\": \"$once\"}}")" = found ] \
+    && [ "$(plaintext_in "$lease_token" <<<"{\"data\": {\"token\": \"$twice\"}}")" = found ] \
+    && ok "control: the check finds the token in a Secret that stores it unencrypted" || bad "control failed: the check misses an unencrypted token"
+else
+  bad "the raw audit log has no request that returned lease $(status_of app leaseId)"
+fi
 
 # 3b. The managed Secret deleted by hand: the credential cannot be read again, so a new one is
 #     issued and the orphaned lease revoked.
