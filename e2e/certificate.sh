@@ -15,7 +15,7 @@ METRICS_PORT=$(free_port)
 WORK=$(mktemp -d)
 # The unhashed audit log the launcher enables with VK_RAW_AUDIT=1 (as `make test` does).
 RAW_AUDIT=${VK_BAO_RAW_AUDIT_LOG:-}
-OP_PID=; OP_N=0
+OP_PID=; OP_N=0; WATCH_PID=
 start_operator() { # one more operator process, named cert-op-<n>, leading once it is ready
   OP_N=$((OP_N + 1))
   "$BUILD_DIR/vaultkeeper-operator" --namespace "$OP_NS" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" --identity "cert-op-$OP_N" >>"$OP_LOG" 2>&1 &
@@ -26,7 +26,7 @@ start_operator() { # one more operator process, named cert-op-<n>, leading once 
 synced() { curl -sf "127.0.0.1:$METRICS_PORT/metrics" | sed -n 's/^vaultkeeper_syncs_total{kind="CertificateRequest",result="synced"} //p'; }
 # On exit the resources go first (their finalizers revoke the certificates), so no later script's
 # operator finds them.
-trap 'kubectl -n $NS delete vcert --all --wait=true --timeout=30s >/dev/null 2>&1; kill $OP_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kubectl -n $NS delete vcert --all --wait=true --timeout=30s >/dev/null 2>&1; kill $WATCH_PID $OP_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 status_of() { kubectl -n $NS get vcert "$1" -o "jsonpath={.status.$2}"; }
 cond() { kubectl -n $NS get vcert "$1" -o "jsonpath={.status.conditions[?(@.type==\"$2\")].$3}"; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.${2//./\\.}}" | base64 -d; }
@@ -198,7 +198,11 @@ fi
 #    new serial, one rollout, the old certificate revoked after it; then an OpenBao outage keeps
 #    the Secret and reports the time left.
 kubectl -n $NS create deployment tlsapp --image=example.invalid/tls --replicas=1 >/dev/null
-eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy tlsapp -o jsonpath='{.status.availableReplicas}')\" = 1 ]" || bad "Deployment never available"
+# New Pods count as available 3 s after they are Ready, so a revocation that does not wait for the
+# rollout comes seconds before its end, not within the watch's latency of it.
+kubectl -n $NS patch deployment tlsapp -p '{"spec": {"minReadySeconds": 3}}' >/dev/null
+eventually 30 deployment_settled $NS tlsapp 1 || bad "Deployment never available"
+watch_rollout $NS tlsapp "$WORK/tlsapp-rollout"
 vcert short short-tls "  commonName: short.example.com
   ttl: 40s
   renewBefore: 20s
@@ -207,6 +211,7 @@ vcert short short-tls "  commonName: short.example.com
   restartTargets: [{kind: Deployment, name: tlsapp}]"
 eventually 30 bash -c "[ -n \"\$(kubectl -n $NS get vcert short -o jsonpath='{.status.serialNumber}')\" ]" || bad "short never issued: $(cond short Ready message)"
 rs_before=$(kubectl -n $NS get rs -l app=tlsapp -o name | wc -l)
+gen_before=$(kubectl -n $NS get deployment tlsapp -o jsonpath='{.metadata.generation}') # the renewal's rollout comes after it
 s_serial=$(status_of short serialNumber); s_after=$(status_of short notAfter)
 deadline=$(( $(date -d "$s_after" +%s) - 20 ))
 if eventually 60 bash -c "[ \"\$(kubectl -n $NS get vcert short -o jsonpath='{.status.serialNumber}')\" != $s_serial ]"; then
@@ -216,10 +221,24 @@ if eventually 60 bash -c "[ \"\$(kubectl -n $NS get vcert short -o jsonpath='{.s
     || bad "renewed late: issued $issued, seen $seen, deadline $deadline"
   eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy tlsapp -o jsonpath='{.status.updatedReplicas}/{.status.availableReplicas}')\" = 1/1 ]" || true
   [ "$(kubectl -n $NS get rs -l app=tlsapp -o name | wc -l)" = $((rs_before + 1)) ] && ok "exactly one new ReplicaSet for the renewal" || bad "ReplicaSets: $rs_before -> $(kubectl -n $NS get rs -l app=tlsapp -o name | wc -l)"
-  eventually 30 in_crl "$s_serial" && ok "old certificate $s_serial revoked after the rollout" || bad "old $s_serial not in the CRL"
+  eventually 30 in_crl "$s_serial" && ok "old certificate $s_serial revoked (in the CRL)" || bad "old $s_serial not in the CRL"
+  # When: the Revoked Event against the moment the watch saw the rollout complete. The watch sees
+  # it a little after the fact, so a revocation up to 0.5 s before that still counts as after it.
+  done_at=$(rollout_done_at "$WORK/tlsapp-rollout" "$gen_before"); revoked_at=$(event_time $NS short Revoked "$s_serial")
+  if [ -z "$done_at" ]; then
+    bad "the rollout of tlsapp never completed (last seen: $(tail -n 1 "$WORK/tlsapp-rollout"))"
+  elif [ -z "$revoked_at" ]; then
+    bad "no Revoked Event for $s_serial"
+  elif at_least "$(seconds_between "$done_at" "$revoked_at")" -0.5; then
+    ok "old certificate revoked $(seconds_between "$done_at" "$revoked_at")s after the rollout completed"
+  else
+    bad "old certificate revoked $(seconds_between "$revoked_at" "$done_at")s before the rollout completed"
+  fi
 else
   bad "short certificate not renewed: $(cond short Ready message)"
 fi
+
+kill $WATCH_PID 2>/dev/null || true; WATCH_PID=
 
 # OpenBao stopped through the next renewal: the Secret is untouched, the condition shows the time left.
 secret_before=$(kubectl -n $NS get secret short-tls -o jsonpath='{.metadata.resourceVersion} {.data.tls\.crt}')

@@ -9,6 +9,8 @@ export PATH=$VK_BIN:$PATH
 NS=dynamic-credential
 OP_NS=dynamic-credential-system
 OP_LOG=$VK_STACK_DIR/logs/operator-dc.log
+WORK=$VK_STACK_DIR/dynamic-credential-e2e
+rm -rf "$WORK"; mkdir -p "$WORK"
 . e2e/lib.sh
 METRICS_PORT=$(free_port)
 # This script's PostgreSQL roles: its database connection names them dc-<role>-<random>.
@@ -16,7 +18,7 @@ app_roles() { psql_admin "select rolname from pg_roles where rolname like 'dc-%'
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
 replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
-OP_PID=; B_PID=; OP_N=0
+OP_PID=; B_PID=; OP_N=0; WATCH_PID=
 start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
   local port=${1:-$METRICS_PORT}
   OP_N=$((OP_N + 1))
@@ -27,7 +29,7 @@ start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets
 holder() { kubectl -n $OP_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
 # On exit the resources go first (their finalizers revoke the leases), so no later script's
 # operator finds them.
-trap 'kubectl -n $NS delete dcred --all --wait=true --timeout=30s >/dev/null 2>&1; for p in $OP_PID $B_PID; do kill $p 2>/dev/null || true; done' EXIT
+trap 'kubectl -n $NS delete dcred --all --wait=true --timeout=30s >/dev/null 2>&1; for p in $WATCH_PID $OP_PID $B_PID; do kill $p 2>/dev/null || true; done' EXIT
 
 kubectl apply -f manifests/crds.yaml >/dev/null
 kubectl wait --for=condition=Established crd/dynamiccredentials.vaultkeeper.dev >/dev/null
@@ -270,13 +272,18 @@ else
 fi
 
 # 4. Rotation at max TTL with a restart target: new role, one new ReplicaSet, old role revoked only
-#    after the rollout finished.
+#    after the rollout finished and rotationGracePeriod (3s) passed.
 kubectl -n $NS create deployment api --image=example.invalid/api --replicas=2 >/dev/null
-eventually 30 bash -c "[ \"\$(kubectl -n $NS get deploy api -o jsonpath='{.status.availableReplicas}')\" = 2 ]" || bad "Deployment never available"
+# New Pods count as available 3 s after they are Ready, so a revocation that does not wait for the
+# rollout comes seconds before its end, not within the watch's latency of it.
+kubectl -n $NS patch deployment api -p '{"spec": {"minReadySeconds": 3}}' >/dev/null
+eventually 30 deployment_settled $NS api 2 || bad "Deployment never available"
 rs_before=$(replicasets)
+watch_rollout $NS api "$WORK/api-rollout"
 dcred short short short-db "  restartTargets: [{kind: Deployment, name: api}]"
 eventually 30 kubectl -n $NS get secret short-db || bad "Secret short-db never appeared"
 short_user=$(secret_key short-db username); short_lease=$(status_of short leaseId); short_password=$(secret_key short-db password)
+gen_before=$(kubectl -n $NS get deployment api -o jsonpath='{.metadata.generation}') # the rotation's rollout comes after it
 if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.status.leaseId}')\" != \"$short_lease\" ]"; then
   new_user=$(secret_key short-db username); short_password=$(secret_key short-db password)
   [ "$new_user" != "$short_user" ] && ok "rotated at max TTL: $short_user -> $new_user" || bad "rotation kept the user"
@@ -284,16 +291,26 @@ if eventually 70 bash -c "[ \"\$(kubectl -n $NS get dcred short -o jsonpath='{.s
   rs_after=$(replicasets)
   [ "$(wc -w <<<"$rs_after")" = $(( $(wc -w <<<"$rs_before") + 1 )) ] && ok "exactly one new ReplicaSet ($rs_after)" || bad "ReplicaSets: $rs_before -> $rs_after"
   if eventually 30 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select count(*) from pg_roles where rolname='$short_user'\")\" = 0 ]"; then
-    ok "old role $short_user revoked after the rollout"
+    ok "old role $short_user revoked"
   else
     bad "old role $short_user still present"
   fi
-  revoked_at=$(kubectl get events -n $NS --field-selector reason=Revoked,involvedObject.name=short -o jsonpath='{.items[*].eventTime}' | awk '{print $1}')
-  ready_at=$(kubectl -n $NS get rs -l app=api --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].metadata.creationTimestamp}')
-  [ -n "$revoked_at" ] && [[ "$revoked_at" > "$ready_at" ]] && ok "revocation ($revoked_at) after the new ReplicaSet ($ready_at)" || bad "revocation time $revoked_at vs ReplicaSet $ready_at"
+  # When: the Revoked Event against the moment the watch saw the rollout complete. The watch sees
+  # it a little after the fact, so up to 0.5 s of the grace period may look used up.
+  done_at=$(rollout_done_at "$WORK/api-rollout" "$gen_before"); revoked_at=$(event_time $NS short Revoked "$short_lease")
+  if [ -z "$done_at" ]; then
+    bad "the rollout of api never completed (last seen: $(tail -n 1 "$WORK/api-rollout"))"
+  elif [ -z "$revoked_at" ]; then
+    bad "no Revoked Event for $short_lease"
+  elif at_least "$(seconds_between "$done_at" "$revoked_at")" 2.5; then
+    ok "old lease revoked $(seconds_between "$done_at" "$revoked_at")s after the rollout completed (rotationGracePeriod 3s)"
+  else
+    bad "old lease revoked $(seconds_between "$done_at" "$revoked_at")s after the rollout completed; want the 3s rotationGracePeriod after it"
+  fi
 else
   bad "no rotation at max TTL ($(status_of short conditions))"
 fi
+kill $WATCH_PID 2>/dev/null || true; WATCH_PID=
 
 # 5. High availability: a standby takes over within 15 s when the leader is killed and resumes the
 #    same lease (no new credential, no rollout); a graceful shutdown releases the Lease at once.

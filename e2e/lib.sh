@@ -57,3 +57,59 @@ found = any(needle in json.dumps(s.get("metadata", {})).encode()
 print("found" if found else "absent" if secrets else "none")
 ' "$1"
 }
+
+# deployment_settled NAMESPACE NAME REPLICAS: the controller saw the Deployment's spec and it has
+# exactly REPLICAS replicas, all updated and available.
+deployment_settled() {
+  [ "$(kubectl -n "$1" get deployment "$2" -o jsonpath='{.metadata.generation}/{.status.replicas}/{.status.updatedReplicas}/{.status.availableReplicas}')" \
+    = "$(kubectl -n "$1" get deployment "$2" -o jsonpath='{.status.observedGeneration}')/$3/$3/$3" ]
+}
+# watch_rollout NAMESPACE DEPLOYMENT FILE: in the background, appends a line to FILE for every state
+# of the Deployment the API server reports (a watch, so within milliseconds), stamped with this
+# machine's clock: "EPOCH generation observedGeneration spec.replicas replicas updated available".
+# Sets WATCH_PID; kill it when done.
+watch_rollout() {
+  python3 -u -c '
+import json, signal, subprocess, sys, time
+ns, name, out = sys.argv[1:]
+kubectl = subprocess.Popen(["kubectl", "-n", ns, "get", "deployment", name, "--watch", "-o", "json"], stdout=subprocess.PIPE, text=True)
+signal.signal(signal.SIGTERM, lambda *_: (kubectl.terminate(), sys.exit(0)))
+decoder, buf = json.JSONDecoder(), ""
+with open(out, "a") as f:
+    for line in kubectl.stdout:
+        buf += line
+        if line.rstrip() != "}":
+            continue
+        try:
+            d, _ = decoder.raw_decode(buf.strip())
+        except ValueError:
+            continue
+        buf = ""
+        st = d.get("status", {})
+        fields = [d["metadata"].get("generation", 0), st.get("observedGeneration", 0), d["spec"].get("replicas", 1),
+                  st.get("replicas", 0), st.get("updatedReplicas", 0), st.get("availableReplicas", 0)]
+        print(f"{time.time():.3f}", *fields, file=f, flush=True)
+' "$1" "$2" "$3" &
+  WATCH_PID=$!
+}
+# rollout_done_at FILE GENERATION: the first time in a watch_rollout FILE that a rollout of a
+# template newer than GENERATION was complete, judged as `kubectl rollout status` does: the
+# controller saw that template, every wanted replica is updated and available, no old one is left.
+rollout_done_at() {
+  awk -v g="$2" '$2 > g && $3 >= $2 && $6 >= $4 && $5 <= $6 && $7 >= $4 { print $1; exit }' "$1"
+}
+# event_time NAMESPACE OBJECT REASON TEXT: when the first Event of REASON about OBJECT whose note
+# has TEXT happened (its eventTime, in epoch seconds); empty when there is none.
+event_time() {
+  kubectl -n "$1" get events --field-selector "reason=$3,involvedObject.name=$2" -o json | python3 -c '
+import datetime, json, sys
+text = sys.argv[1]
+times = sorted(e.get("eventTime") or e.get("firstTimestamp") for e in json.load(sys.stdin)["items"] if text in (e.get("message") or ""))
+if times:
+    print(datetime.datetime.fromisoformat(times[0].replace("Z", "+00:00")).timestamp())
+' "$4"
+}
+# seconds_between EARLIER LATER: LATER - EARLIER (epoch seconds), to two decimals.
+seconds_between() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.2f}")' "$1" "$2"; }
+# at_least A B: whether A >= B (decimal numbers).
+at_least() { python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$1" "$2"; }
