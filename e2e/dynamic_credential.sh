@@ -17,6 +17,8 @@ METRICS_PORT=$(free_port)
 app_roles() { psql_admin "select rolname from pg_roles where rolname like 'dc-%' order by 1" | tr '\n' ' '; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
+valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
+valid_until_moved() { [ "$(valid_until "$1")" != "$2" ]; } # valid_until_moved ROLE OLD-VALID-UNTIL: renewed since
 replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
 OP_PID=; B_PID=; OP_N=0; WATCH_PID=
 start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
@@ -102,15 +104,16 @@ else
 fi
 [ "$(status_of app leaseId)" = "$lease" ] && ok "renewal kept the same lease" || bad "lease changed on renewal"
 
-# 3. SIGKILL and restart the operator, twice: same lease, same roles, no Secret write, and the lease
-#    survives its issuing token's renewal by the new process (token stored and reused).
+# 3. SIGKILL and restart the operator, twice: each new process renews the same lease with the
+#    stored token (a new token would mean a new lease); same roles, no Secret write.
 roles_before=$(app_roles); rv_before=$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}')
 for i in 1 2; do
   kill -9 "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
+  valid=$(valid_until "$user") # nothing renews while no operator runs
   start_operator
-  sleep 8
+  eventually 40 valid_until_moved "$user" "$valid" && ok "restarted operator op-$OP_N renewed the lease (VALID UNTIL $valid -> $(valid_until "$user"))" \
+    || bad "restarted operator op-$OP_N never renewed the lease ($(status_of app conditions))"
 done
-sleep 25 # past at least one renewal by the restarted operator
 [ "$(status_of app leaseId)" = "$lease" ] && ok "after 2 SIGKILL restarts: same lease" || bad "lease re-issued after restart"
 [ "$(app_roles)" = "$roles_before" ] && ok "after restarts: same PostgreSQL roles ($roles_before)" || bad "roles changed: $roles_before -> $(app_roles)"
 [ "$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}')" = "$rv_before" ] && ok "after restarts: Secret not rewritten" || bad "Secret rewritten after restart"
@@ -157,7 +160,9 @@ fi
 old_lease=$(status_of app leaseId); old_user=$(secret_key app-db username)
 bao lease revoke "$old_lease" >/dev/null
 if eventually 45 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.leaseId}')\" != \"$old_lease\" ]"; then
-  sleep 20
+  # Through the replacement's first renewal, a whole cycle in which a second replacement would show.
+  new_user=$(secret_key app-db username); valid=$(valid_until "$new_user")
+  eventually 40 valid_until_moved "$new_user" "$valid" || bad "replacement lease never renewed ($(status_of app conditions))"
   [ "$(app_roles | wc -w)" = 1 ] && ok "revoked lease replaced once ($(app_roles))" || bad "roles after out-of-band revoke: $(app_roles)"
   PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$(secret_key app-db username)" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
     && ok "replacement credential logs in" || bad "replacement credential does not log in"
@@ -195,6 +200,7 @@ spec:
 EOF
 eventually 30 kubectl -n $NS get secret tok-db || bad "Secret tok-db never appeared"
 tok_user=$(secret_key tok-db username); tok_lease=$(status_of tok leaseId)
+# These waits are what is tested: the token's 30s TTL passes, unrenewed it would take the lease along.
 sleep 20
 kill -9 "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
 start_operator
@@ -320,7 +326,7 @@ eventually 20 bash -c "[ \"\$(kubectl -n $OP_NS get lease vaultkeeper-operator -
 leader=op-$OP_N; LEADER_PID=$OP_PID
 STANDBY_PORT=$(free_port)
 start_operator "$STANDBY_PORT"; B_PID=$OP_PID; standby=op-$OP_N
-sleep 3
+sleep 3 # what is tested: for a while (the standby is ready) the leader keeps the Lease
 [ "$(holder)" = "$leader" ] && ok "two replicas: $leader leads, $standby stands by" || bad "holder is $(holder), expected $leader"
 lease=$(status_of app leaseId); roles_before=$(app_roles); rs_before=$(replicasets)
 t0=$(date +%s.%N)
@@ -331,7 +337,10 @@ if eventually 30 bash -c "[ \"\$(kubectl -n $OP_NS get lease vaultkeeper-operato
 else
   bad "standby never took over ($(holder))"
 fi
-sleep 35 # past a renewal of the 30s lease by the new leader
+# Through a renewal by the new leader (nobody renews between the kill and the takeover).
+app_user=$(secret_key app-db username); valid=$(valid_until "$app_user")
+eventually 40 valid_until_moved "$app_user" "$valid" && ok "the new leader renewed the lease (VALID UNTIL $valid -> $(valid_until "$app_user"))" \
+  || bad "the new leader never renewed the lease ($(status_of app conditions))"
 [ "$(status_of app leaseId)" = "$lease" ] && ok "after failover: same lease" || bad "lease re-issued after failover"
 [ "$(app_roles)" = "$roles_before" ] && ok "after failover: same PostgreSQL roles" || bad "roles changed after failover: $roles_before -> $(app_roles)"
 [ "$(replicasets)" = "$rs_before" ] && ok "after failover: no rollout" || bad "ReplicaSets changed after failover"
