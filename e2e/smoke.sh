@@ -13,6 +13,7 @@ CANARY=canary-s3cr3t-$RANDOM$RANDOM
 . e2e/lib.sh
 METRICS_PORT=$(free_port)
 metric() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+metric_at_least() { [ "$(metric "$1")" -ge "$2" ]; } # metric_at_least PREFIX N
 secret_key() { kubectl -n $NS1 get secret app-config -o "jsonpath={.data.$1}" | base64 -d; }
 
 kubectl apply -f manifests/crds.yaml >/dev/null
@@ -53,7 +54,9 @@ eventually 10 bash -c '[ "$(kubectl -n $NS1 get vsec config -o jsonpath="{.statu
 # Unchanged refreshes: metadata reads only, no data read, no Secret write.
 reads=$(metric 'vaultkeeper_vault_requests_total{operation="kv2_read"'); writes=$(metric 'vaultkeeper_kube_writes_total{resource="secret"}')
 meta=$(metric 'vaultkeeper_vault_requests_total{operation="kv2_metadata"')
-sleep 25
+# Two refreshes (refreshInterval 10s) that found the data unchanged; `config` is the only VaultSecret yet.
+unchanged='vaultkeeper_syncs_total{kind="VaultSecret",result="unchanged"}'
+eventually 40 metric_at_least "$unchanged" $(( $(metric "$unchanged") + 2 )) && ok "two unchanged refreshes ($(metric "$unchanged") so far)" || bad "no two unchanged refreshes in 40s"
 [ "$(metric 'vaultkeeper_vault_requests_total{operation="kv2_read"')" = "$reads" ] && ok "no data read on unchanged refresh" || bad "data read on unchanged refresh"
 [ "$(metric 'vaultkeeper_kube_writes_total{resource="secret"}')" = "$writes" ] && ok "no Secret write on unchanged refresh" || bad "Secret written on unchanged refresh"
 [ "$(metric 'vaultkeeper_vault_requests_total{operation="kv2_metadata"')" -gt "$meta" ] && ok "refresh polls metadata" || bad "no metadata poll"
@@ -148,7 +151,7 @@ outage() { # outage DOWN-CMD UP-CMD LABEL
   else
     bad "$3: outage not reported ($(cond $NS1 config reason): $(cond $NS1 config message))"
   fi
-  sleep 12 # a few more failed refreshes
+  sleep 12 # what is tested: the Secret stays as it is through 12 s more of the outage (failed refreshes)
   after_secret=$(kubectl -n $NS1 get secret app-config -o json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps([s["data"], s["type"]], sort_keys=True))')
   [ "$after_secret" = "$before_secret" ] && [ "$(kubectl -n $NS1 get secret app-config -o jsonpath='{.metadata.resourceVersion}')" = "$before_rv" ] \
     && ok "$3: Secret byte-for-byte unchanged (same resourceVersion)" || bad "$3: Secret changed during the outage"
@@ -179,19 +182,22 @@ spec:
   restartTargets: [{kind: Deployment, name: api}, {kind: StatefulSet, name: ghost}]
 EOF
 eventually 20 kubectl -n $NS1 get secret restarter || bad "Secret restarter never appeared"
-sleep 5
-[ "$(rs_count)" = 1 ] && ok "first sync restarts nothing" || bad "first sync restarted ($(rs_count) ReplicaSets)"
+eventually 20 bash -c "[ \"\$(kubectl -n $NS1 get vsec restarter -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}')\" = Synced ]" || bad "restarter never Synced"
+# Once the first sync is recorded: a restart it caused would be stamped (a new ReplicaSet) or, within
+# the debounce, pending in the status.
+[ "$(rs_count)" = 1 ] && [ -z "$(kubectl -n $NS1 get vsec restarter -o jsonpath='{.status.pendingRestart}')" ] \
+  && ok "first sync restarts nothing (no new ReplicaSet, no restart pending)" || bad "first sync restarted ($(rs_count) ReplicaSets, pending: $(kubectl -n $NS1 get vsec restarter -o jsonpath='{.status.pendingRestart}'))"
 bao kv put secret/app1/restart v=1 >/dev/null
 eventually 45 bash -c '[ "$(kubectl -n $NS1 get rs -l app=api -o name | wc -l)" = 2 ]' && ok "one KV change: one new ReplicaSet" || bad "KV change: $(rs_count) ReplicaSets"
 restarts_cond() { kubectl -n $NS1 get vsec restarter -o jsonpath="{.status.conditions[?(@.type==\"Restarts\")].$1}"; }
 [ "$(restarts_cond reason)" = RestartTargetMissing ] && grep -qF "StatefulSet ghost" <<<"$(restarts_cond message)" \
   && ok "missing target reported in the Restarts condition ($(restarts_cond message))" || bad "Restarts condition: $(restarts_cond reason) $(restarts_cond message)"
 eventually 20 bash -c '[ "$(kubectl -n $NS1 get deploy api -o jsonpath={.status.updatedReplicas}/{.status.availableReplicas})" = 1/1 ]' || true
-sleep 25 # two more refreshes with the same data
+sleep 25 # what is tested: nothing happens through two more refreshes with the same data
 [ "$(rs_count)" = 2 ] && ok "same data: no second restart" || bad "same data restarted again ($(rs_count) ReplicaSets)"
 for i in 2 3 4 5 6 7 8 9 10 11; do bao kv put secret/app1/restart v=$i >/dev/null; sleep 0.2; done
 eventually 60 bash -c '[ "$(kubectl -n $NS1 get rs -l app=api -o name | wc -l)" = 3 ]' || true
-sleep 25
+sleep 25 # what is tested: no further restart follows, past the debounce (10s) and two refreshes
 [ "$(rs_count)" = 3 ] && ok "ten quick KV changes: one new ReplicaSet" || bad "ten quick changes: $(rs_count) ReplicaSets (want 3)"
 [ "$(kubectl -n $NS1 get secret restarter -o jsonpath={.data.v} | base64 -d)" = 11 ] && ok "Secret holds the last of the quick changes" || bad "Secret v=$(kubectl -n $NS1 get secret restarter -o jsonpath={.data.v} | base64 -d)"
 kubectl get events -n $NS1 --field-selector reason=Restarted -o name | contains . && ok "restart Events emitted" || bad "no Restarted Event"
