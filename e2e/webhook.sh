@@ -28,6 +28,9 @@ WH_PID=$!
 trap 'kubectl delete mutatingwebhookconfiguration vaultkeeper-injector --ignore-not-found >/dev/null 2>&1; kubectl -n kube-system delete pod sys --ignore-not-found --wait=false >/dev/null 2>&1; kill $WH_PID 2>/dev/null || true' EXIT
 eventually 20 curl -sf "127.0.0.1:$METRICS/healthz" || bad "webhook never served"
 
+kubectl create namespace $NS >/dev/null
+kubectl -n $NS create serviceaccount web >/dev/null
+
 # The shipped registration, pointed at this process (url instead of the in-cluster Service).
 python3 - "$PORT" "$(base64 -w0 "$WORK/ca.crt")" <<'PYEOF' | kubectl apply -f - >/dev/null
 import re, sys
@@ -37,10 +40,24 @@ text = text.replace("caBundle: \"\"", f"caBundle: {ca}")
 text = re.sub(r"service: \{[^}]*\}", f"url: https://127.0.0.1:{port}/mutate", text)
 print(text)
 PYEOF
-sleep 2 # the API server picks up the configuration
-
-kubectl create namespace $NS >/dev/null
-kubectl -n $NS create serviceaccount web >/dev/null
+# The API server takes the registration up after a moment: wait until a dry-run create of a Pod
+# that asks for injection comes back mutated.
+mutated_dry_run() {
+  kubectl -n $NS create --dry-run=server -o jsonpath='{.spec.initContainers[*].name}' -f - <<'EOF' | contains -x vaultkeeper-agent-init
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: web
+    vault.hashicorp.com/agent-inject-secret-config.txt: secret/data/web
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: registry.example/app:1}]
+EOF
+}
+eventually 20 mutated_dry_run || bad "the API server never called the webhook"
 kubectl -n $NS apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Pod
@@ -85,8 +102,9 @@ p=$(pod plain)
 [ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$((calls + 1))" ] && ok "webhook was called for it and skipped it" || bad "admission count $calls -> $(metric vaultkeeper_webhook_admissions_total)"
 
 calls=$(metric 'vaultkeeper_webhook_admissions_total')
+# No wait needed: the API server calls a matching webhook before it answers the create, and the
+# webhook counts the call before it answers.
 kubectl -n kube-system run sys --image=registry.example/app:1 --restart=Never >/dev/null
-sleep 1
 [ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$calls" ] && ok "kube-system Pod never sent to the webhook" || bad "webhook called for kube-system"
 
 out=$(kubectl -n $NS apply -f - 2>&1 <<'EOF' || true
