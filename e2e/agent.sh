@@ -16,7 +16,6 @@ NS=agent # a namespace of this script alone
 WORK=$VK_STACK_DIR/agent-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 CANARY=canary-s3cr3t-$RANDOM$RANDOM
-valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
 url_user() { sed -E 's|^postgresql://([^:]+):.*|\1|' "$1"; }
 mode_of() { stat -c %a "$1"; }
 SIDE_PID=
@@ -118,7 +117,7 @@ eventually 15 grep -qx "region: us" "$OUT/plain" && ok "KV v1 update re-rendered
 
 # The lease is renewed: VALID UNTIL advances, same user.
 v1=$(valid_until "$db_user")
-if eventually 20 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select rolvaliduntil from pg_roles where rolname='$db_user'\")\" != \"$v1\" ]"; then
+if eventually 20 renewed_since "$db_user" "$v1"; then
   ok "lease renewed: VALID UNTIL $v1 -> $(valid_until "$db_user")"
 else
   bad "VALID UNTIL never moved ($v1)"
@@ -132,7 +131,7 @@ pgrep -f "^$AGENT\$" >/dev/null && bad "an agent survived SIGKILL" || ok "SIGKIL
 start_sidecar
 eventually 15 bash -c "grep -c 'reusing lease' '$WORK/sidecar.log' | grep -qx 2" && ok "restarted sidecar reused its lease" || bad "lease not reused after SIGKILL: $(tail -5 "$WORK/sidecar.log")"
 v2=$(valid_until "$db_user")
-eventually 20 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select rolvaliduntil from pg_roles where rolname='$db_user'\")\" != \"$v2\" ]" \
+eventually 20 renewed_since "$db_user" "$v2" \
   && ok "restarted sidecar keeps renewing the lease" || bad "no renewal after restart"
 # Judged after that renewal, a whole cycle of the restarted sidecar.
 [ "$(url_user "$OUT/db-url")" = "$db_user" ] && ok "after SIGKILL + restart: same PostgreSQL user $db_user" || bad "after restart: new user $(url_user "$OUT/db-url")"

@@ -17,8 +17,6 @@ METRICS_PORT=$(free_port)
 app_roles() { psql_admin "select rolname from pg_roles where rolname like 'dc-%' order by 1" | tr '\n' ' '; }
 secret_key() { kubectl -n $NS get secret "$1" -o "jsonpath={.data.$2}" | base64 -d; }
 status_of() { kubectl -n $NS get dcred "$1" -o "jsonpath={.status.$2}"; }
-valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
-valid_until_moved() { [ "$(valid_until "$1")" != "$2" ]; } # valid_until_moved ROLE OLD-VALID-UNTIL: renewed since
 replicasets() { kubectl -n $NS get rs -l app=api -o name | sort | tr '\n' ' '; }
 OP_PID=; B_PID=; OP_N=0; WATCH_PID=
 start_operator() { # start_operator [PORT]: one more replica, named op-<n>; sets OP_PID
@@ -96,9 +94,9 @@ lease=$(status_of app leaseId)
   && ok "lease ID in status and Secret annotation" || bad "lease ID not recorded"
 
 # 2. Renewal advances VALID UNTIL (30s TTL, renewed at about 20s).
-valid1=$(psql_admin "select rolvaliduntil from pg_roles where rolname='$user'")
-if eventually 40 bash -c "[ \"\$(psql -h $VK_PG_HOST -p $VK_PG_PORT -U postgres -d postgres -tAc \"select rolvaliduntil from pg_roles where rolname='$user'\")\" != \"$valid1\" ]"; then
-  ok "renewal advanced VALID UNTIL ($valid1 -> $(psql_admin "select rolvaliduntil from pg_roles where rolname='$user'"))"
+valid1=$(valid_until "$user")
+if eventually 40 renewed_since "$user" "$valid1"; then
+  ok "renewal advanced VALID UNTIL ($valid1 -> $(valid_until "$user"))"
 else
   bad "VALID UNTIL never moved ($(status_of app conditions))"
 fi
@@ -111,7 +109,7 @@ for i in 1 2; do
   kill -9 "$OP_PID"; wait "$OP_PID" 2>/dev/null || true
   valid=$(valid_until "$user") # nothing renews while no operator runs
   start_operator
-  eventually 40 valid_until_moved "$user" "$valid" && ok "restarted operator op-$OP_N renewed the lease (VALID UNTIL $valid -> $(valid_until "$user"))" \
+  eventually 40 renewed_since "$user" "$valid" && ok "restarted operator op-$OP_N renewed the lease (VALID UNTIL $valid -> $(valid_until "$user"))" \
     || bad "restarted operator op-$OP_N never renewed the lease ($(status_of app conditions))"
 done
 [ "$(status_of app leaseId)" = "$lease" ] && ok "after 2 SIGKILL restarts: same lease" || bad "lease re-issued after restart"
@@ -162,7 +160,7 @@ bao lease revoke "$old_lease" >/dev/null
 if eventually 45 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.leaseId}')\" != \"$old_lease\" ]"; then
   # Through the replacement's first renewal, a whole cycle in which a second replacement would show.
   new_user=$(secret_key app-db username); valid=$(valid_until "$new_user")
-  eventually 40 valid_until_moved "$new_user" "$valid" || bad "replacement lease never renewed ($(status_of app conditions))"
+  eventually 40 renewed_since "$new_user" "$valid" || bad "replacement lease never renewed ($(status_of app conditions))"
   [ "$(app_roles | wc -w)" = 1 ] && ok "revoked lease replaced once ($(app_roles))" || bad "roles after out-of-band revoke: $(app_roles)"
   PGPASSWORD=$(secret_key app-db password) psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U "$(secret_key app-db username)" -d postgres -tAc 'select 1' >/dev/null 2>&1 \
     && ok "replacement credential logs in" || bad "replacement credential does not log in"
@@ -339,7 +337,7 @@ else
 fi
 # Through a renewal by the new leader (nobody renews between the kill and the takeover).
 app_user=$(secret_key app-db username); valid=$(valid_until "$app_user")
-eventually 40 valid_until_moved "$app_user" "$valid" && ok "the new leader renewed the lease (VALID UNTIL $valid -> $(valid_until "$app_user"))" \
+eventually 40 renewed_since "$app_user" "$valid" && ok "the new leader renewed the lease (VALID UNTIL $valid -> $(valid_until "$app_user"))" \
   || bad "the new leader never renewed the lease ($(status_of app conditions))"
 [ "$(status_of app leaseId)" = "$lease" ] && ok "after failover: same lease" || bad "lease re-issued after failover"
 [ "$(app_roles)" = "$roles_before" ] && ok "after failover: same PostgreSQL roles" || bad "roles changed after failover: $roles_before -> $(app_roles)"

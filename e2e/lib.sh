@@ -13,6 +13,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # an early-exiting `grep -q` can SIGPIPE the writer and turn a match into a failed pipeline.
 contains() { grep "$@" >/dev/null; }
 psql_admin() { psql -h "$VK_PG_HOST" -p "$VK_PG_PORT" -U postgres -d postgres -tAc "$1"; }
+# valid_until ROLE: the PostgreSQL role's VALID UNTIL; empty once the role is gone.
+valid_until() { psql_admin "select rolvaliduntil from pg_roles where rolname='$1'"; }
+# renewed_since ROLE VALID-UNTIL: the role's VALID UNTIL is later than it was. A role that is gone
+# (its lease revoked or expired) does not count as renewed.
+renewed_since() { [ "$(psql_admin "select rolvaliduntil > '$2'::timestamptz from pg_roles where rolname='$1'")" = t ]; }
 
 # issuing_token LEASE-ID [FIELD]: the Vault token (FIELD client_token, the default) or its accessor
 # (FIELD accessor) that created the lease, as OpenBao's unhashed audit log (VK_RAW_AUDIT=1) recorded
