@@ -284,7 +284,10 @@ kubectl -n $NS patch deployment api -p '{"spec": {"minReadySeconds": 3}}' >/dev/
 eventually 30 deployment_settled $NS api 2 || bad "Deployment never available"
 rs_before=$(replicasets)
 watch_rollout $NS api "$WORK/api-rollout"
-dcred short short short-db "  restartTargets: [{kind: Deployment, name: api}]"
+# Rotated at 60% of the 45s max TTL, so the old lease would live 18s more: the rollout (about 6s)
+# and the grace period end well before it, and the old lease must be revoked, not left to expire.
+dcred short short short-db "  restartTargets: [{kind: Deployment, name: api}]
+  rotateAtPercent: 60"
 eventually 30 kubectl -n $NS get secret short-db || bad "Secret short-db never appeared"
 short_user=$(secret_key short-db username); short_lease=$(status_of short leaseId); short_password=$(secret_key short-db password)
 gen_before=$(kubectl -n $NS get deployment api -o jsonpath='{.metadata.generation}') # the rotation's rollout comes after it
