@@ -101,12 +101,12 @@ with open(out, "a") as f:
 # template newer than GENERATION was complete, judged as `kubectl rollout status` does: the
 # controller saw that template, every wanted replica is updated and available, no old one is left.
 rollout_done_at() {
-  awk -v g="$2" '$2 > g && $3 >= $2 && $6 >= $4 && $5 <= $6 && $7 >= $4 { print $1; exit }' "$1"
+  awk -v g="$2" '$2 > g && $3 >= $2 && $6 >= $4 && $5 <= $6 && $7 >= $4 { print $1; exit }' "$1" 2>/dev/null || true
 }
 # event_time NAMESPACE OBJECT REASON TEXT: when the first Event of REASON about OBJECT whose note
-# has TEXT happened (its eventTime, in epoch seconds); empty when there is none.
+# has TEXT happened (its eventTime, in epoch seconds); empty when there is none (or on errors).
 event_time() {
-  kubectl -n "$1" get events --field-selector "reason=$3,involvedObject.name=$2" -o json | python3 -c '
+  { kubectl -n "$1" get events --field-selector "reason=$3,involvedObject.name=$2" -o json || echo '{"items": []}'; } | python3 -c '
 import datetime, json, sys
 text = sys.argv[1]
 times = sorted(e.get("eventTime") or e.get("firstTimestamp") for e in json.load(sys.stdin)["items"] if text in (e.get("message") or ""))
