@@ -7,6 +7,7 @@ export PATH=$VK_BIN:$PATH
 WORK=$VK_STACK_DIR/webhook-e2e
 rm -rf "$WORK"; mkdir -p "$WORK"
 LOG=$VK_STACK_DIR/logs/webhook.log
+NS=webhook # a namespace of this script alone (and kube-system, which the webhook must never see)
 . e2e/lib.sh
 PORT=$(free_port); METRICS=$(free_port)
 metric() { curl -s "127.0.0.1:$METRICS/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
@@ -18,12 +19,17 @@ metric() { curl -s "127.0.0.1:$METRICS/metrics" | awk -v m="$1" 'index($0, m) ==
   printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >san.ext &&
   openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 1 -extfile san.ext 2>/dev/null)
 
-./target/debug/vaultkeeper-webhook --addr "127.0.0.1:$PORT" --cert-file "$WORK/tls.crt" --key-file "$WORK/tls.key" \
+"$BUILD_DIR/vaultkeeper-webhook" --addr "127.0.0.1:$PORT" --cert-file "$WORK/tls.crt" --key-file "$WORK/tls.key" \
   --metrics-addr "127.0.0.1:$METRICS" --agent-image registry.example/vaultkeeper-agent:test \
   --vault-addr https://vault.example:8200 >"$LOG" 2>&1 &
 WH_PID=$!
-trap 'kill $WH_PID 2>/dev/null || true' EXIT
+# On exit, whatever failed: the registration goes (with failurePolicy Fail and this process gone,
+# it would refuse every Pod of the namespaces it matches) and so does the Pod left in kube-system.
+trap 'kubectl delete mutatingwebhookconfiguration vaultkeeper-injector --ignore-not-found >/dev/null 2>&1; kubectl -n kube-system delete pod sys --ignore-not-found --wait=false >/dev/null 2>&1; kill $WH_PID 2>/dev/null || true' EXIT
 eventually 20 curl -sf "127.0.0.1:$METRICS/healthz" || bad "webhook never served"
+
+kubectl create namespace $NS >/dev/null
+kubectl -n $NS create serviceaccount web >/dev/null
 
 # The shipped registration, pointed at this process (url instead of the in-cluster Service).
 python3 - "$PORT" "$(base64 -w0 "$WORK/ca.crt")" <<'PYEOF' | kubectl apply -f - >/dev/null
@@ -34,16 +40,29 @@ text = text.replace("caBundle: \"\"", f"caBundle: {ca}")
 text = re.sub(r"service: \{[^}]*\}", f"url: https://127.0.0.1:{port}/mutate", text)
 print(text)
 PYEOF
-sleep 2 # the API server picks up the configuration
-
-kubectl create namespace inj >/dev/null
-kubectl -n inj create serviceaccount web >/dev/null
-kubectl apply -f - >/dev/null <<'EOF'
+# The API server takes the registration up after a moment: wait until a dry-run create of a Pod
+# that asks for injection comes back mutated.
+mutated_dry_run() {
+  kubectl -n $NS create --dry-run=server -o jsonpath='{.spec.initContainers[*].name}' -f - <<'EOF' | contains -x vaultkeeper-agent-init
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probe
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: web
+    vault.hashicorp.com/agent-inject-secret-config.txt: secret/data/web
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: registry.example/app:1}]
+EOF
+}
+eventually 20 mutated_dry_run || bad "the API server never called the webhook"
+kubectl -n $NS apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Pod
 metadata:
   name: annotated
-  namespace: inj
   annotations:
     vault.hashicorp.com/agent-inject: "true"
     vault.hashicorp.com/role: web
@@ -57,7 +76,7 @@ spec:
   serviceAccountName: web
   containers: [{name: app, image: registry.example/app:1}]
 EOF
-pod() { kubectl -n inj get pod "$1" -o json; }
+pod() { kubectl -n $NS get pod "$1" -o json; }
 p=$(pod annotated)
 jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$p"; }
 [ "$(jq_ "[c['name'] for c in d['spec'].get('initContainers', [])]")" = "['vaultkeeper-agent-init']" ] \
@@ -77,22 +96,22 @@ python3 -c "import json,sys; c=json.loads(sys.argv[1]); s={x['name']: x for x in
 [ "$(jq_ "d['metadata']['annotations'].get('vaultkeeper.dev/status')")" = injected ] && ok "marked injected" || bad "no status annotation"
 
 calls=$(metric 'vaultkeeper_webhook_admissions_total')
-kubectl -n inj run plain --image=registry.example/app:1 --restart=Never >/dev/null
+kubectl -n $NS run plain --image=registry.example/app:1 --restart=Never >/dev/null
 p=$(pod plain)
 [ "$(jq_ "len(d['spec'].get('initContainers', [])) + len(d['spec']['containers'])")" = 1 ] && ok "Pod without annotations untouched" || bad "plain Pod changed"
 [ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$((calls + 1))" ] && ok "webhook was called for it and skipped it" || bad "admission count $calls -> $(metric vaultkeeper_webhook_admissions_total)"
 
 calls=$(metric 'vaultkeeper_webhook_admissions_total')
+# No wait needed: the API server calls a matching webhook before it answers the create, and the
+# webhook counts the call before it answers.
 kubectl -n kube-system run sys --image=registry.example/app:1 --restart=Never >/dev/null
-sleep 1
 [ "$(metric 'vaultkeeper_webhook_admissions_total')" = "$calls" ] && ok "kube-system Pod never sent to the webhook" || bad "webhook called for kube-system"
 
-out=$(kubectl -n inj apply -f - 2>&1 <<'EOF' || true
+out=$(kubectl -n $NS apply -f - 2>&1 <<'EOF' || true
 apiVersion: v1
 kind: Pod
 metadata:
   name: broken
-  namespace: inj
   annotations:
     vault.hashicorp.com/agent-inject: "true"
     vault.hashicorp.com/agent-inject-secret-db: database/creds/web
@@ -104,7 +123,6 @@ EOF
 grep -q 'denied the request' <<<"$out" && grep -qi 'role' <<<"$out" && grep -q '0999' <<<"$out" \
   && ok "malformed annotations refused with a clear message" || bad "malformed pod: $out"
 
-kubectl delete mutatingwebhookconfiguration vaultkeeper-injector >/dev/null
 if [ "$fail" -ne 0 ]; then tail -n 30 "$LOG"; fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
