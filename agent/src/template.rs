@@ -164,12 +164,74 @@ const FUNCTIONS: &[(&str, Func)] = &[
 
 fn parse(text: &str) -> Result<Template, String> {
     actions(text)?;
+    lexable(text)?;
     let mut template = Template::default();
     template.add_funcs(FUNCTIONS);
     template
         .parse(text)
         .map_err(|e| format!("does not parse: {e}"))?;
     Ok(template)
+}
+
+/// What gtmpl 0.7.1's lexer cannot take. It steps back one byte where it means one character, so
+/// it panics (in its own thread, which aborts the agent) on a non-ASCII character in an action
+/// outside quotes and comments (`{{ é }}`, a no-break space between words) and on one right before
+/// a `{{-` trim marker (`€{{- .a }}`), and it can loop forever at the end of the text inside an
+/// action (`{{ "}}" `). Such templates are refused here; Unicode keys can still be read with
+/// `index .Data "clé"` and Unicode text outside actions is fine.
+pub fn lexable(text: &str) -> Result<(), String> {
+    let refuse = |c: char, place: &str| {
+        Err(format!(
+            "does not parse: the non-ASCII character {c:?} {place} is not supported (quote it, e.g. index .Data \"{c}\")"
+        ))
+    };
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let body = &rest[open + 2..];
+        if body.starts_with("- ")
+            && let Some(c) = rest[..open].trim_end().chars().next_back()
+            && !c.is_ascii()
+        {
+            return refuse(c, "right before {{-");
+        }
+        let code = body.strip_prefix("- ").unwrap_or(body);
+        if let Some(comment) = code.strip_prefix("/*") {
+            // A comment ends at `*/` and its delimiter; gtmpl reports anything else itself.
+            let Some(end) = comment.find("*/") else {
+                return Ok(());
+            };
+            rest = &comment[end + 2..];
+            continue;
+        }
+        let mut chars = code.char_indices();
+        let mut quote = None;
+        let mut close = None;
+        while let Some((i, c)) = chars.next() {
+            match (quote, c) {
+                (Some(q), '\\') if q != '`' => {
+                    chars.next();
+                }
+                (Some(q), c) if c == q => quote = None,
+                // gtmpl ends a quoted string or character at a newline with an error.
+                (Some(q), '\n') if q != '`' => return Ok(()),
+                (Some(_), _) => {}
+                (None, '"' | '`' | '\'') => quote = Some(c),
+                (None, '}') if code[i..].starts_with("}}") => {
+                    close = Some(i + 2);
+                    break;
+                }
+                (None, c) if !c.is_ascii() => return refuse(c, "in an action"),
+                (None, _) => {}
+            }
+        }
+        // `}}` inside a quoted string does not end the action: gtmpl then reaches the end of the
+        // text inside it, where its lexer can step back forever (the agent hung).
+        let Some(close) = close else {
+            return Err("does not parse: an action opened with {{ is not closed with }}".into());
+        };
+        rest = &code[close..];
+    }
+    Ok(())
 }
 
 /// One `{{ … }}` action: its body without delimiters and trim markers, and where it sits.
@@ -785,6 +847,42 @@ mod tests {
         assert!(!bad.contains("pw-secret"), "{bad}");
         let redacted = redact("cannot index pw-secret", &answers());
         assert_eq!(redacted, "cannot index <redacted>");
+    }
+
+    #[test]
+    fn non_ascii_where_gtmpl_would_panic_is_refused() {
+        // Each of these made gtmpl's lexer slice inside a character and panic (found by the
+        // agent_template fuzz target; the panic aborted the agent).
+        for text in [
+            "{{ é }}",
+            "{{ .a | é }}",
+            "{{ 1é }}",
+            "{{\u{a0}.a }}",
+            "x€{{- .a }}",
+            "x€ \n {{- .a }}",
+            "{{ with secret \"kv/web\" }}{{ .Data.api_key }}{{ end }}{{ ޔ }}",
+        ] {
+            let err = check(text).unwrap_err();
+            assert!(err.contains("non-ASCII character"), "{text:?}: {err}");
+        }
+        // `}}` in a quoted string does not close the action; gtmpl looped forever on these.
+        for text in ["{{ \"}}\" ", "{{ with secret \"kv/web}}{x\" "] {
+            let err = check(text).unwrap_err();
+            assert!(err.contains("not closed"), "{text:?}: {err}");
+        }
+        // Unicode in text, quotes, comments and after a right trim marker is fine.
+        for text in [
+            "Grüße {{ \"für\" }} {{ `€` }} {{ '€' }} {{/* é */}}",
+            "€ {{ .a -}} €",
+            "€{{ .a }}",
+            "{{ \"}} é\" }}",
+        ] {
+            assert!(check(text).is_ok(), "{text:?}: {:?}", check(text));
+        }
+        assert_eq!(
+            r("Grüße {{ with secret \"kv/web\" }}{{ .Data.region }}{{ end }} €").unwrap(),
+            "Grüße eu €"
+        );
     }
 
     #[test]
