@@ -95,8 +95,9 @@ for target in "${targets[@]}"; do
     grep -m1 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" | sed 's/^/    /' || true
   fi
   if $cmin && [[ $status -eq 0 ]]; then
-    nice -n 10 cargo +nightly fuzz cmin "${build_flags[@]}" "$target" "$corpus" \
-      >"target/fuzz/$target.cmin.log" 2>&1
+    # Edge coverage and a set cover keep the committed corpus at a few hundred small files.
+    nice -n 10 cargo +nightly fuzz cmin "${build_flags[@]}" "$target" "$corpus" -- \
+      -use_counters=0 -set_cover_merge=1 -timeout=10 >"target/fuzz/$target.cmin.log" 2>&1
     echo "    corpus minimised to $(ls "$corpus" | wc -l) files"
   fi
 done
