@@ -204,14 +204,17 @@ pub fn lexable(text: &str) -> Result<(), String> {
             rest = &comment[end + 2..];
             continue;
         }
-        let mut chars = code.char_indices();
         let mut quote = None;
+        // gtmpl's lexer: a run of backslashes escapes the next other character, whatever its
+        // length (so `"\\""` is one string).
+        let mut escaped = false;
         let mut close = None;
-        while let Some((i, c)) = chars.next() {
+        for (i, c) in code.char_indices() {
             match (quote, c) {
-                (Some((q, _)), '\\') if q != '`' => {
-                    chars.next();
-                }
+                (Some((q, _)), '\\') if q != '`' => escaped = true,
+                // gtmpl ends a quoted string or character at a newline with an error.
+                (Some((q, _)), '\n') if q != '`' => return Ok(()),
+                (Some(_), _) if escaped => escaped = false,
                 (Some((q, start)), c) if c == q => {
                     quote = None;
                     if !unquotes(&code[start..i]) {
@@ -221,8 +224,6 @@ pub fn lexable(text: &str) -> Result<(), String> {
                         ));
                     }
                 }
-                // gtmpl ends a quoted string or character at a newline with an error.
-                (Some((q, _)), '\n') if q != '`' => return Ok(()),
                 (Some(_), _) => {}
                 (None, '"' | '`' | '\'') => quote = Some((c, i + 1)),
                 (None, '}') if code[i..].starts_with("}}") => {
@@ -991,6 +992,10 @@ mod tests {
             r(r#"{{ "\x41" }}{{ "\u00e9" }}{{ "\t\"." }}"#).unwrap(),
             "Aé\t\"."
         );
+        // Literals end where gtmpl's lexer ends them: two backslashes still escape the quote.
+        assert_eq!(r(r#"{{ "\\"" }}"#).unwrap(), r#"\""#);
+        let err = check(r"{{ '\\'' é }}").unwrap_err();
+        assert!(err.contains("non-ASCII"), "{err}");
         // Unicode in text, quotes, comments and after a right trim marker is fine.
         for text in [
             "Grüße {{ \"für\" }} {{ `€` }} {{ '€' }} {{/* é */}}",
