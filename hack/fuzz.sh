@@ -75,6 +75,12 @@ for target in "${targets[@]}"; do
   seeds="fuzz/seeds/$target"
   mkdir -p "$corpus" "fuzz/artifacts/$target"
   dirs=("$corpus")
+  if $brief; then
+    # libFuzzer writes (and replaces) inputs in its first directory: keep the committed one as is.
+    rm -rf "target/fuzz/corpus/$target"
+    mkdir -p "target/fuzz/corpus/$target"
+    dirs=("target/fuzz/corpus/$target" "$corpus")
+  fi
   [[ -d "$seeds" ]] && dirs+=("$seeds")
   log="target/fuzz/$target.log"
   started=$SECONDS
