@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds build up bench bench-injection
+.PHONY: test crds build up bench bench-injection fuzz
 
 test:
 	./hack/test.sh
@@ -22,3 +22,8 @@ bench:
 # make bench-injection ARGS="--rate 200 --duration 30"
 bench-injection:
 	./hack/bench-injection.sh $(ARGS)
+
+# cargo-fuzz targets (nightly), each for at least 1M executions; prints executions, crashes and
+# seconds per target: make fuzz ARGS="--runs 5000000" or ARGS="--seconds 60 duration"
+fuzz:
+	./hack/fuzz.sh $(ARGS)

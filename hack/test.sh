@@ -8,6 +8,7 @@ started=$SECONDS
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 echo "== generated CRDs are up to date"
 cargo run -q -p vaultkeeper-crds --bin crdgen -- --check manifests/crds.yaml
@@ -17,6 +18,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
+
+echo "== fuzz targets, a few seconds each (cargo-fuzz on nightly; the cold build takes minutes)"
+bash hack/fuzz.sh --brief
 
 echo "== installing the local stack (cached; about 8 minutes cold)"
 bash e2e/stack/install.sh

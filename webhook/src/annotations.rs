@@ -566,10 +566,16 @@ fn secrets(
                 name: (*name).to_owned(),
                 path: path.to_owned(),
                 template: setting(SecretSetting::Template).map(|entry| entry.value.to_owned()),
-                file: match setting(SecretSetting::File) {
-                    Some(entry) => record(errors, normalise_file(entry)).unwrap_or_default(),
-                    None => (*name).to_owned(),
-                },
+                // The name is the default file, so it must be a file name too (the API server
+                // refuses such annotation keys, but only after admission).
+                file: record(
+                    errors,
+                    normalise_file(setting(SecretSetting::File).unwrap_or(&Entry {
+                        value: name,
+                        ..entry.clone()
+                    })),
+                )
+                .unwrap_or_default(),
                 perms: setting(SecretSetting::Perms)
                     .and_then(|entry| record(errors, normalise_perms(entry))),
                 volume_path: setting(SecretSetting::VolumePath)

@@ -270,7 +270,13 @@ pub fn plan(
         }
     }
     if let Some(container) = sidecar {
-        patch.add(&["spec", "containers", "-"], to_value(container));
+        // A pod sent without `containers` (the API server refuses it later, with its own
+        // message) gets the list, so the patch still applies.
+        patch.append(
+            &["spec", "containers"],
+            !spec.containers.is_empty(),
+            to_value(container),
+        );
     }
     Ok(patch.finish())
 }

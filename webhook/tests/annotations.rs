@@ -270,6 +270,33 @@ fn settings_of_a_missing_secret_are_errors() {
 }
 
 #[test]
+fn a_secret_name_that_is_no_file_name_needs_a_file() {
+    // Found by the admission_annotations fuzz target: the name is the default file, and the
+    // agent refuses an absolute or `..` file, so such a pod never started.
+    for name in ["/etc/passwd", "../up", "a/../.."] {
+        let key = format!("vaultkeeper.dev/secret-{name}");
+        assert_eq!(
+            errors(&[(key.as_str(), "secret/data/x")]),
+            vec![AnnotationError::BadFile {
+                key: key.clone(),
+                value: name.into()
+            }],
+            "{key}"
+        );
+        let file = format!("vaultkeeper.dev/file-{name}");
+        let request = inject_request(&[(key.as_str(), "secret/data/x"), (file.as_str(), "x")]);
+        assert!(
+            request
+                .secrets
+                .iter()
+                .any(|s| s.name == name && s.file == "x")
+        );
+    }
+    let request = inject_request(&[("vaultkeeper.dev/secret-a/./b", "secret/data/x")]);
+    assert!(request.secrets.iter().any(|s| s.file == "a/b"));
+}
+
+#[test]
 fn paths_are_normalised_and_checked() {
     let request = inject_request(&[
         ("vault.hashicorp.com/secret-volume-path", "/etc//app/"),
