@@ -43,9 +43,10 @@ if [[ ! -x "$root/bin/cargo-fuzz" ]]; then
     --version "$CARGO_FUZZ_VERSION"
 fi
 export PATH="$root/bin:$PATH"
-# The fuzz workspace keeps its own fuzz/target: its flags (coverage instrumentation, nightly)
-# would rebuild everything in a shared target directory.
-unset CARGO_TARGET_DIR
+# The fuzz workspace has its own target directory (its flags, coverage instrumentation on
+# nightly, would rebuild everything in a shared one), kept in the cache so that a fresh clone
+# (CI) reuses the build.
+export CARGO_TARGET_DIR="$HOME/.cache/vaultkeeper/fuzz-target"
 if ! rustc +nightly --version >/dev/null 2>&1; then
   echo "the nightly toolchain is missing (rustup toolchain install nightly)" >&2
   exit 1
@@ -113,7 +114,7 @@ if $brief && [[ -d fuzz/regressions ]]; then
   for dir in fuzz/regressions/*/; do
     target=$(basename "$dir")
     [[ -n "$(ls "$dir")" ]] || continue
-    if "fuzz/target/x86_64-unknown-linux-gnu/release/$target" -timeout=10 "$dir"* \
+    if "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$target" -timeout=10 "$dir"* \
       >"target/fuzz/$target.regressions.log" 2>&1; then
       echo "regressions of $target: $(ls "$dir" | wc -l) inputs pass"
     else

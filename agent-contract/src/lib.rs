@@ -9,6 +9,7 @@
 pub mod annotations;
 pub mod config;
 pub mod duration;
+pub mod template_text;
 
 pub use config::{
     AGENT_CONFIG_ENV, AGENT_CONFIG_VERSION, AgentConfig, AgentMode, AgentSecret, ConfigError, Rule,

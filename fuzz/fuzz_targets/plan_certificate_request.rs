@@ -106,7 +106,8 @@ fuzz_target!(|input: &[u8]| {
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        let rewritten = desired::build_secret(cr, data, &plan.spec_digest);
+        let rewritten =
+            desired::build_secret(cr, data, &plan.spec_digest, &desired::FollowUp::default());
         assert!(
             desired::owned_by(&rewritten, cr),
             "the operator owns what it builds"

@@ -189,7 +189,13 @@ fuzz_target!(|input: &[u8]| {
             token_accessor: scenario.token_accessor.clone(),
         };
         let data = BTreeMap::from([("username".to_owned(), b"v-app".to_vec())]);
-        let written = desired::build_secret(dc, data, &record, &plan.spec_digest);
+        let written = desired::build_secret(
+            dc,
+            data,
+            &record,
+            &plan.spec_digest,
+            &desired::FollowUp::default(),
+        );
         assert!(
             desired::owned_by(&written, dc),
             "the operator owns what it builds"

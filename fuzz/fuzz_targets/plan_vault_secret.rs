@@ -50,7 +50,7 @@ fuzz_target!(|input: &[u8]| {
     let existing = scenario.secret.map(stored_secret);
     if let Some(secret) = &existing {
         desired::owned_by(secret, vs);
-        desired::existing_hmac(HMAC_KEY, secret);
+        vaultkeeper_operator::digest::existing_hmac(HMAC_KEY, secret);
     }
     let failed = |message: String| {
         let note = desired::keeps_data_note(
@@ -81,15 +81,15 @@ fuzz_target!(|input: &[u8]| {
             return;
         }
     };
-    let data = desired::secret_data(scenario.data.to_text_map(), templated);
-    let hmac = desired::data_hmac(HMAC_KEY, &data);
+    let data = vaultkeeper_operator::managed::secret_data(scenario.data.to_text_map(), templated);
+    let hmac = vaultkeeper_operator::digest::data_hmac(HMAC_KEY, &data);
     let secret = desired::build_secret(vs, data, scenario.version);
     assert!(
         desired::owned_by(&secret, vs),
         "the operator owns what it builds"
     );
     assert_eq!(
-        desired::existing_hmac(HMAC_KEY, &secret),
+        vaultkeeper_operator::digest::existing_hmac(HMAC_KEY, &secret),
         hmac,
         "the Secret it writes reads back as the same data"
     );

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use serde_json::Value;
-use vaultkeeper_webhook::agent_config::AGENT_CONFIG_ENV;
+use vaultkeeper_agent::config::AGENT_CONFIG_ENV;
 use vaultkeeper_webhook::inject::WebhookConfig;
 use vaultkeeper_webhook::review::{Outcome, review};
 
@@ -101,11 +101,7 @@ fn check_agents(pod: &Pod) {
             .find(|var| var.name == AGENT_CONFIG_ENV)
             .and_then(|var| var.value.as_deref())
             .expect("an agent container has its configuration");
-        let written: Value = serde_json::from_str(raw).expect("the agent config is JSON");
-        // The agent refuses a Vault namespace on purpose (not supported yet); all else must pass.
-        if written.get("vaultNamespace").is_some() {
-            continue;
-        }
+        let _: Value = serde_json::from_str(raw).expect("the agent config is JSON");
         if let Err(e) = vaultkeeper_agent::config::AgentConfig::parse(raw) {
             panic!("the agent refuses the configuration the webhook wrote: {e}\n{raw}");
         }
@@ -199,9 +195,11 @@ pub mod known {
 
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+    /// No reported crash is open any more: the guards are off unless `VK_FUZZ_KNOWN=0` turns
+    /// them on (kept for the next one).
     pub fn guarded() -> bool {
         static GUARDED: OnceLock<bool> = OnceLock::new();
-        *GUARDED.get_or_init(|| std::env::var_os("VK_FUZZ_KNOWN").is_none_or(|v| v != "1"))
+        *GUARDED.get_or_init(|| std::env::var_os("VK_FUZZ_KNOWN").is_some_and(|v| v == "0"))
     }
 
     /// gtmpl 0.7.1 panics or loops forever on some templates, and operator/src/template.rs
@@ -227,5 +225,8 @@ pub mod known {
 /// top-level value's text only, so a nested string (KV values can be JSON objects) shows in
 /// render errors (reported); with the guard on only top-level strings are checked.
 pub fn operator_redacts(data: &serde_json::Map<String, Value>, value: &str) -> bool {
-    !known::guarded() || data.values().any(|v| v.as_str() == Some(value))
+    // Top-level values always; nested strings of four or more characters (shorter ones are not
+    // redacted, they would blank out ordinary words).
+    data.values().any(|v| v.as_str() == Some(value))
+        || (!known::guarded() && value.chars().count() >= 4)
 }

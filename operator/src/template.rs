@@ -23,9 +23,15 @@ pub fn check(templates: &BTreeMap<String, String>) -> Result<(), TemplateError> 
     Ok(())
 }
 
-/// Parses one template. gtmpl 0.7.1 never returns on an action that is not closed (`{{ .a `), so
-/// delimiters are checked first: a user's typo must give an error, not hang the operator.
+/// Parses one template. gtmpl 0.7.1 never returns on an action that is not closed (`{{ .a `), and
+/// panics or loops on some text (non-ASCII code in actions, `}}` in quotes, some escapes: see
+/// `agent_contract::template_text`), so the text is checked first: a tenant's template must give
+/// an error, not crash or hang the operator. `printf` is gtmpl's, behind the same checks.
 fn parse(key: &str, text: &str) -> Result<Template, TemplateError> {
+    agent_contract::template_text::lexable(text).map_err(|problem| TemplateError {
+        key: key.to_owned(),
+        problem,
+    })?;
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         let after = &rest[open + 2..];
@@ -41,11 +47,25 @@ fn parse(key: &str, text: &str) -> Result<Template, TemplateError> {
         }
     }
     let mut template = Template::default();
+    template.add_funcs(&[("printf", checked_printf as gtmpl_value::Func)]);
     template.parse(text).map_err(|e| TemplateError {
         key: key.to_owned(),
         problem: format!("does not parse: {e}"),
     })?;
     Ok(template)
+}
+
+/// gtmpl's `printf` once its format (which may come from the data) is one gtmpl can take.
+fn checked_printf(args: &[Value]) -> Result<Value, gtmpl_value::FuncError> {
+    if let Some(Value::String(format)) = args.first() {
+        let huge = |arg: &Value| {
+            <i64 as gtmpl_value::FromValue<i64>>::from_value(arg)
+                .is_some_and(|n| n.unsigned_abs() > 65535)
+        };
+        agent_contract::template_text::printf_format(format, args[1..].iter().any(huge))
+            .map_err(gtmpl_value::FuncError::Generic)?;
+    }
+    gtmpl::funcs::printf(args)
 }
 
 /// Renders every template over `data`; each top-level key of `data` is `.<key>`.
@@ -70,10 +90,36 @@ pub fn render(
 
 /// Replaces every secret value that occurs in `message` (renderer errors may quote the data).
 fn redact(message: &str, data: &SecretData) -> String {
-    let mut text = message.to_owned();
-    for value in data.to_text_map().values() {
-        if !value.is_empty() {
-            text = text.replace(value.as_str(), "<redacted>");
+    // Every value's text, and every string of four or more characters nested in a JSON value (an
+    // error may quote just one; shorter ones would blank out ordinary words), longest first so
+    // that a value containing another is replaced whole.
+    let mut values: Vec<String> = data.to_text_map().into_values().collect();
+    fn nested(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) if s.chars().count() >= 4 => out.push(s.clone()),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| nested(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| nested(v, out)),
+            _ => {}
+        }
+    }
+    for value in data.0.values().filter(|v| v.is_array() || v.is_object()) {
+        nested(value, &mut values);
+    }
+    values.retain(|v| !v.is_empty());
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    // One pass over the message, so a marker is never rewritten by a shorter value.
+    let mut text = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(c) = rest.chars().next() {
+        match values.iter().find(|v| rest.starts_with(v.as_str())) {
+            Some(value) => {
+                text.push_str("<redacted>");
+                rest = &rest[value.len()..];
+            }
+            None => {
+                text.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
         }
     }
     text
@@ -102,6 +148,33 @@ fn to_value(json: &serde_json::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_gtmpl_cannot_take_is_refused_not_crashed_on() {
+        // Inputs of crashes the fuzzer found (fuzz/regressions/operator_template/).
+        for text in [
+            "{{ é }}",
+            r#"{{ "}}" "#,
+            "{{ `a\\` }}",
+            r#"{{ "a\x" }}"#,
+            r#"{{ printf "%70000d" 1 }}"#,
+            r#"{{ printf "%[0]d" 1 }}"#,
+        ] {
+            let templates = BTreeMap::from([("k".to_owned(), text.to_owned())]);
+            let data: SecretData = serde_json::from_value(serde_json::json!({"a": "1"})).unwrap();
+            assert!(render(&templates, &data).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn nested_values_are_redacted_from_render_errors() {
+        let data: SecretData = serde_json::from_value(
+            serde_json::json!({"nested": {"token": "nested-token-value"}, "n": 42}),
+        )
+        .unwrap();
+        let message = redact("error near nested-token-value and 42", &data);
+        assert!(!message.contains("nested-token-value"), "{message}");
+    }
 
     fn data() -> SecretData {
         serde_json::from_value(serde_json::json!({
