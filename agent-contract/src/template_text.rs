@@ -6,9 +6,14 @@
 /// it panics (in its own thread, which aborts the agent) on a non-ASCII character in an action
 /// outside quotes and comments (`{{ é }}`, a no-break space between words) and on one right before
 /// a `{{-` trim marker (`€{{- .a }}`), and it can loop forever at the end of the text inside an
-/// action (`{{ "}}" `). Such templates are refused here; Unicode keys can still be read with
+/// action (`{{ "}}" `). Its parser and executor recurse without a limit, so deep nesting of
+/// parentheses or blocks (`else if` chains too) and `template` calls (a `define` may call itself)
+/// overflow the stack, which no panic handler catches. Such templates are refused here; Unicode keys can still be read with
 /// `index .Data "clé"` and Unicode text outside actions is fine.
 pub fn lexable(text: &str) -> Result<(), String> {
+    /// Far below what overflows a 2 MiB thread stack (about 1,500 levels), far above real use.
+    const MAX_NESTING: usize = 64;
+    let mut blocks: Vec<usize> = Vec::new();
     let refuse = |c: char, place: &str| {
         Err(format!(
             "does not parse: the non-ASCII character {c:?} {place} is not supported (quote it, e.g. index .Data \"{c}\")"
@@ -32,6 +37,32 @@ pub fn lexable(text: &str) -> Result<(), String> {
             rest = &comment[end + 2..];
             continue;
         }
+        let mut words = code
+            .split(|c: char| c.is_whitespace() || c == '}' || c == '(')
+            .filter(|w| !w.is_empty());
+        match (words.next(), words.next()) {
+            (Some("if" | "with" | "range"), _) => blocks.push(1),
+            (Some("else"), Some("if" | "with")) => {
+                if let Some(top) = blocks.last_mut() {
+                    *top += 1;
+                }
+            }
+            (Some("end"), _) => {
+                blocks.pop();
+            }
+            (Some(word @ ("define" | "template" | "block")), _) => {
+                return Err(format!(
+                    "does not parse: {word} is not supported (gtmpl does not bound its recursion)"
+                ));
+            }
+            _ => {}
+        }
+        if blocks.iter().sum::<usize>() > MAX_NESTING {
+            return Err(format!(
+                "does not parse: blocks are nested more than {MAX_NESTING} deep"
+            ));
+        }
+        let mut parens = 0usize;
         let mut quote = None;
         // gtmpl's lexer: a run of backslashes escapes the next other character, whatever its
         // length (so `"\\""` is one string).
@@ -54,6 +85,15 @@ pub fn lexable(text: &str) -> Result<(), String> {
                 }
                 (Some(_), _) => {}
                 (None, '"' | '`' | '\'') => quote = Some((c, i + 1)),
+                (None, '(') => {
+                    parens += 1;
+                    if parens > MAX_NESTING {
+                        return Err(format!(
+                            "does not parse: parentheses are nested more than {MAX_NESTING} deep"
+                        ));
+                    }
+                }
+                (None, ')') => parens = parens.saturating_sub(1),
                 (None, '}') if code[i..].starts_with("}}") => {
                     close = Some(i + 2);
                     break;
@@ -183,6 +223,13 @@ mod tests {
         ] {
             assert_eq!(lexable(good), Ok(()), "{good:?}");
         }
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(6000), ")".repeat(6000));
+        assert!(lexable(&deep).is_err(), "deep parentheses");
+        let blocks = "{{ if .a }}".repeat(100) + &"{{ end }}".repeat(100);
+        assert!(lexable(&blocks).is_err(), "deep blocks");
+        assert!(lexable(r#"{{ define "x" }}{{ template "x" }}{{ end }}"#).is_err());
+        let shallow = "{{ if .a }}{{ with .b }}{{ (print (print 1)) }}{{ end }}{{ end }}";
+        assert_eq!(lexable(shallow), Ok(()));
         assert!(printf_format("%70000d", false).is_err());
         assert!(printf_format("%[0]d", false).is_err());
         assert!(printf_format("%*d", true).is_err());
