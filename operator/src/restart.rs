@@ -66,6 +66,25 @@ pub fn recorded_stamp(annotations: &std::collections::BTreeMap<String, String>) 
         .cloned()
 }
 
+/// The pending restart once a restart stamp recorded on a Secret (`recorded`) is taken up again:
+/// due at once (a replaced credential is one event), unless there are no targets or it is already
+/// the pending one.
+pub fn take_up(
+    pending: Option<PendingRestart>,
+    recorded: Option<String>,
+    targets: &[RestartTarget],
+    now: Timestamp,
+) -> Option<PendingRestart> {
+    match recorded {
+        Some(stamp)
+            if !targets.is_empty() && pending.as_ref().map(|p| &p.stamp) != Some(&stamp) =>
+        {
+            Some(schedule(pending.as_ref(), stamp, now, Duration::ZERO))
+        }
+        _ => pending,
+    }
+}
+
 /// The stamp for data whose HMAC is `hmac`: short, stable, and reveals nothing.
 pub fn stamp_of(hmac: &str) -> String {
     hmac.trim_start_matches("sha256:")

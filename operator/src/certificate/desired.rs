@@ -459,17 +459,12 @@ pub fn take_up_record(
             status.superseded.push(old);
         }
     }
-    if let Some(stamp) = follow_up.restart_for
-        && !cr.spec.restart_targets.is_empty()
-        && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
-    {
-        status.pending_restart = Some(crate::restart::schedule(
-            status.pending_restart.as_ref(),
-            stamp,
-            now,
-            Duration::ZERO,
-        ));
-    }
+    status.pending_restart = crate::restart::take_up(
+        status.pending_restart.take(),
+        follow_up.restart_for,
+        &cr.spec.restart_targets,
+        now,
+    );
     if let Some(old) = status.serial_number.clone()
         && cr.spec.revoke_superseded
         && !status.superseded.iter().any(|s| s.serial_number == old)

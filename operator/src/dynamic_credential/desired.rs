@@ -251,17 +251,12 @@ pub fn take_up_record(
                 status.retiring_leases.push(retiring);
             }
         }
-        if let Some(stamp) = follow_up.restart_for
-            && !dc.spec.restart_targets.is_empty()
-            && status.pending_restart.as_ref().map(|p| &p.stamp) != Some(&stamp)
-        {
-            status.pending_restart = Some(crate::restart::schedule(
-                status.pending_restart.as_ref(),
-                stamp,
-                now,
-                Duration::ZERO,
-            ));
-        }
+        status.pending_restart = crate::restart::take_up(
+            status.pending_restart.take(),
+            follow_up.restart_for,
+            &dc.spec.restart_targets,
+            now,
+        );
     }
     if let (Some(l), Some(old)) = (lease, status.lease_id.clone())
         && l.id != old
