@@ -659,6 +659,69 @@ async fn dc_unmanaged_secret_is_refused_before_anything_is_issued() {
     );
 }
 
+/// A settled DynamicCredential whose recorded expiry passed (renewals whose status writes were
+/// lost, as in an API-server outage) and whose lease is at its end in Vault: listed, no time left,
+/// its revocation still queued.
+async fn dc_at_the_end_of_its_lease() -> (Run, String) {
+    let mut run = Run::of(Kind::Dynamic);
+    run.settle(Kind::Dynamic).await;
+    let old = run.held(Kind::Dynamic);
+    run.world.api.edit(&Kind::Dynamic.path(), |r| {
+        r["status"]["issueTime"] = json!("2020-01-01T00:00:00Z");
+        r["status"]["expiryTime"] = json!("2020-01-01T01:00:00Z");
+    });
+    run.world.vault.end_lease(&old);
+    (run, old)
+}
+
+/// No two of the credentials issued were live at the same step.
+fn never_two_live(run: &Run) {
+    let leases = run.world.vault.leases();
+    for a in &leases {
+        for b in &leases {
+            let overlap = a.id != b.id
+                && a.issued_at < b.issued_at
+                && a.revoked_at.is_none_or(|end| end > b.issued_at);
+            assert!(
+                !overlap,
+                "{} was still live when {} was issued\n{}",
+                a.id,
+                b.id,
+                run.world.steps.dump()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn dc_lease_at_its_end_is_revoked_before_its_replacement_is_issued() {
+    let (mut run, old) = dc_at_the_end_of_its_lease().await;
+    run.dc().await.expect_done();
+    let new = run.held(Kind::Dynamic);
+    assert_ne!(new, old, "replaced");
+    never_two_live(&run);
+    run.settle(Kind::Dynamic).await;
+    assert_eq!(run.live(Kind::Dynamic), [new]);
+}
+
+#[tokio::test]
+async fn dc_failed_revocation_of_a_lease_at_its_end_is_retried_after_the_replacement() {
+    let (mut run, old) = dc_at_the_end_of_its_lease().await;
+    run.world.vault.fail_next("revoke_lease", 503);
+    run.dc().await.expect_done();
+    let new = run.held(Kind::Dynamic);
+    assert_ne!(
+        new, old,
+        "the replacement is not held up by the failed revocation"
+    );
+    run.settle(Kind::Dynamic).await;
+    assert!(
+        run.revoked_at(Kind::Dynamic, &old).is_some(),
+        "{old} revoked later"
+    );
+    assert_eq!(run.live(Kind::Dynamic), [new]);
+}
+
 #[tokio::test]
 async fn dc_lagging_caches_neither_issue_nor_restart_again() {
     let (mut run, old) = dc_before_rotation().await;

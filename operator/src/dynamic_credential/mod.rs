@@ -462,6 +462,25 @@ async fn sync(
                     .then(|| Time(crate::clock::after(now, plan.grace))),
             });
         }
+        if reason == IssueReason::LeaseLost
+            && let Some(old) = &old
+        {
+            // Vault calls a lease dead in its last second (lookup answers whole seconds) and lists
+            // an expired one until its queued revocation has run: revoke it first, so two
+            // credentials are never live at once. Revoking a lease Vault no longer knows succeeds.
+            if let Err(err) = client.revoke_lease(&token.token, &old.id).await {
+                tracing::warn!(lease_id = %old.id, error = %err, "failed to revoke the expired lease before replacing it; retrying later");
+                if !retiring.iter().any(|r| r.lease_id == old.id) {
+                    // Its recorded expiry is stale (that is how it got here): no end on record,
+                    // so it is revoked, not dropped as ended.
+                    retiring.push(RetiringLease {
+                        lease_id: old.id.clone(),
+                        expiry_time: None,
+                        revoke_after: Some(Time(now)),
+                    });
+                }
+            }
+        }
         let restart = (old.is_some() || reason == IssueReason::SpecChanged)
             && !dc.spec.restart_targets.is_empty();
         let issued = issue(dc, ctx, &plan, client, &token, now, &retiring, restart).await?;

@@ -41,6 +41,9 @@ struct State {
     /// How far before the issue a certificate's notBefore lies (a PKI role's
     /// `not_before_duration`, 30s unless set).
     backdate: Option<Duration>,
+    /// Leases past their end whose revocation Vault has not run yet: still listed, looked up with
+    /// no time left, not renewable.
+    ending: Vec<String>,
 }
 
 pub struct FakeVault {
@@ -66,6 +69,11 @@ impl FakeVault {
     /// roles set more to allow for clock skew).
     pub fn backdate_certificates(&self, by: Duration) {
         self.lock().backdate = Some(by);
+    }
+
+    /// `lease_id` reaches its end; Vault's revocation of it is still queued.
+    pub fn end_lease(&self, lease_id: &str) {
+        self.lock().ending.push(lease_id.to_owned());
     }
 
     pub fn leases(&self) -> Vec<Issued> {
@@ -338,7 +346,7 @@ impl VaultApi for FakeVault {
             .leases
             .iter()
             .any(|l| l.id == lease_id && l.revoked_at.is_none());
-        if !known {
+        if !known || self.lock().ending.iter().any(|id| id == lease_id) {
             return Err(VaultError::Rejected {
                 operation: "renew_lease",
                 path: "sys/leases/renew".into(),
@@ -376,7 +384,8 @@ impl VaultApi for FakeVault {
             .leases
             .iter()
             .any(|l| l.id == lease_id && l.revoked_at.is_none());
-        Ok(known.then_some(LEASE_TTL))
+        let ending = self.lock().ending.iter().any(|id| id == lease_id);
+        Ok(known.then_some(if ending { Duration::ZERO } else { LEASE_TTL }))
     }
 
     async fn pki_issue(
