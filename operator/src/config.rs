@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_VAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub vault_timeout: Duration,
 
+    /// How long a request to the Kubernetes API (not a watch) may wait for its answer.
+    #[arg(long, env = "VAULTKEEPER_KUBE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub kube_timeout: Duration,
+
     /// Audiences of the ServiceAccount tokens presented to Vault (comma separated). Empty means the
     /// API server's default audience, which Vault's TokenReview accepts when its role sets none.
     #[arg(long, env = "VAULTKEEPER_TOKEN_AUDIENCES", value_delimiter = ',')]

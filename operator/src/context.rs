@@ -15,7 +15,10 @@ use crate::metrics::Metrics;
 use crate::restart::Orchestrator;
 
 pub struct Context {
+    /// For requests: every answer comes within the operator's Kubernetes timeout or fails.
     pub client: kube::Client,
+    /// For watches, which wait for events for minutes (with an idle timeout of their own).
+    pub watch_client: kube::Client,
     pub identities: Identities,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -56,6 +59,7 @@ impl Context {
         restarts: Orchestrator,
     ) -> Self {
         Self {
+            watch_client: client.clone(),
             client,
             identities,
             recorder,
@@ -70,6 +74,12 @@ impl Context {
             token_replace_before: Duration::from_secs(120),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Watches through `client` rather than through the request client.
+    pub fn with_watch_client(mut self, client: kube::Client) -> Self {
+        self.watch_client = client;
+        self
     }
 
     /// Records a failure of `uid` and returns how long to wait: 5s doubling to 5 min, ±20% jitter.

@@ -158,11 +158,15 @@ impl LeaseTokens {
         if held.is_none() {
             *held = self.load(key, client).await?;
         }
-        let mut changed = false;
+        // A renewal keeps the token itself: storing it only refreshes its recorded expiry (a
+        // restarted operator looks the token up), so failing to store it must not keep the
+        // leases it issued from being renewed while the API server is away.
+        let mut renewed = false;
+        let mut logged_in = false;
         match held.clone() {
             Some(token) if token.replace_due(now, replace_before) || token.expires <= now => {
                 *held = Some(self.login(key, client, identities).await?);
-                changed = true;
+                logged_in = true;
             }
             Some(token) if token.renew_due(now) => {
                 let increment = token.ttl.max(Duration::from_secs(60));
@@ -175,12 +179,12 @@ impl LeaseTokens {
                             hard_end: capped.then_some(expires),
                             ..token
                         });
-                        changed = true;
+                        renewed = true;
                     }
                     // Revoked or expired out of band: its leases are gone with it.
                     Err(VaultError::PermissionDenied { .. }) => {
                         *held = Some(self.login(key, client, identities).await?);
-                        changed = true;
+                        logged_in = true;
                     }
                     Err(source) => {
                         return Err(LeaseTokenError::Vault {
@@ -193,12 +197,15 @@ impl LeaseTokens {
             Some(_) => {}
             None => {
                 *held = Some(self.login(key, client, identities).await?);
-                changed = true;
+                logged_in = true;
             }
         }
         let token = held.clone().expect("set above");
-        if changed {
+        if logged_in {
+            // A new token is stored before it issues anything a restarted operator would resume.
             self.save(key, &token).await?;
+        } else if renewed && let Err(err) = self.save(key, &token).await {
+            tracing::warn!(identity = %key, error = %err, "failed to store the renewed lease token; using it (a restarted operator looks it up)");
         }
         Ok(token)
     }

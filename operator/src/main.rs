@@ -25,9 +25,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args)?;
 
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("failed to build a Kubernetes client")?;
+        .context("failed to find the Kubernetes API server's address and credentials")?;
+    // Watches wait for events for minutes and have their own idle timeout; every other call is
+    // answered within --kube-timeout or fails, so an API server that stops answering (a black
+    // hole, not a refused connection) cannot hold a reconcile, and the Vault renewals behind it,
+    // for as long as the outage lasts.
+    let watch_client =
+        kube::Client::try_from(config.clone()).context("failed to build a Kubernetes client")?;
+    let mut request_config = config;
+    request_config.read_timeout = Some(args.kube_timeout);
+    request_config.reset_reader_on_write = true;
+    let client =
+        kube::Client::try_from(request_config).context("failed to build a Kubernetes client")?;
     // The controllers' caches of their resources; the certificate gauges read theirs at scrape time.
     let (_, vs_writer) = kube::runtime::reflector::store();
     let (_, dc_writer) = kube::runtime::reflector::store();
@@ -88,20 +99,23 @@ async fn main() -> anyhow::Result<()> {
     let cert_changes = cert_secret_writer.subscribe().expect("a shared store");
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
-    let ctx = Arc::new(Context::new(
-        client,
-        identities,
-        recorder,
-        metrics.clone(),
-        secrets.clone(),
-        dc_secrets.clone(),
-        cert_secrets.clone(),
-        hmac_key,
-        args.refresh_concurrency,
-        lease_tokens,
-        restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
-            .with_rollout_timeout(args.rollout_timeout),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            identities,
+            recorder,
+            metrics.clone(),
+            secrets.clone(),
+            dc_secrets.clone(),
+            cert_secrets.clone(),
+            hmac_key,
+            args.refresh_concurrency,
+            lease_tokens,
+            restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
+                .with_rollout_timeout(args.rollout_timeout),
+        )
+        .with_watch_client(watch_client),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -140,19 +154,19 @@ async fn main() -> anyhow::Result<()> {
     let (cert_deleted, cert_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let watches = [
         tokio::spawn(managed::reflect(
-            ctx.client.clone(),
+            ctx.watch_client.clone(),
             vault_secret::desired::OWNER_LABEL,
             secret_writer,
             vs_deleted,
         )),
         tokio::spawn(managed::reflect(
-            ctx.client.clone(),
+            ctx.watch_client.clone(),
             dynamic_credential::desired::OWNER_LABEL,
             dc_secret_writer,
             dc_deleted,
         )),
         tokio::spawn(managed::reflect(
-            ctx.client.clone(),
+            ctx.watch_client.clone(),
             certificate::desired::OWNER_LABEL,
             cert_secret_writer,
             cert_deleted,

@@ -178,6 +178,16 @@ pub struct ErrorPolicy<E> {
     pub reason: fn(&E) -> &'static str,
     /// The error a panic becomes, from its message.
     pub panicked: fn(String) -> E,
+    /// How soon an error must be retried at the latest, whatever the backoff says (a lease
+    /// renewed in Vault whose status could not be written is due again before it ends).
+    pub retry_within: fn(&E) -> Option<std::time::Duration>,
+}
+
+impl<E> ErrorPolicy<E> {
+    /// The policy of a kind none of whose errors bound its retry.
+    pub fn backoff_only(_: &E) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Runs the controller of kind `K`: its resources (cached in `writer`'s store) pass `predicate`
@@ -213,7 +223,7 @@ pub async fn run_controller<K, P, RFut>(
     RFut::Error: std::error::Error + Send + 'static,
 {
     let reader = writer.as_reader();
-    let resources = resources(Api::<K>::all(ctx.client.clone()), writer)
+    let resources = resources(Api::<K>::all(ctx.watch_client.clone()), writer)
         .predicate_filter(predicate, Default::default());
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
@@ -241,7 +251,9 @@ pub async fn run_controller<K, P, RFut>(
                 if (policy.waits_for_change)(error) {
                     Action::await_change()
                 } else {
-                    Action::requeue(ctx.backoff(&resource.uid().unwrap_or_default()))
+                    let backoff = ctx.backoff(&resource.uid().unwrap_or_default());
+                    let within = (policy.retry_within)(error).unwrap_or(backoff);
+                    Action::requeue(backoff.min(within))
                 }
             },
             ctx,

@@ -487,7 +487,7 @@ async fn dc_status_patch_lost_after_rotation_keeps_restart_and_revocation() {
         .fail_next(Method::PATCH, "/dynamiccredentials/db/status", 500);
     let err = run.dc().await.expect_failed();
     assert!(
-        matches!(err, dynamic_credential::Error::PatchStatus(_)),
+        matches!(err, dynamic_credential::Error::StatusUnwritten { .. }),
         "{err}"
     );
     let new = run.held(Kind::Dynamic);
@@ -691,6 +691,42 @@ fn never_two_live(run: &Run) {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due() {
+    let mut run = Run::of(Kind::Dynamic);
+    run.settle(Kind::Dynamic).await;
+    let lease = run.held(Kind::Dynamic);
+    // Renewal due: an hour-long lease with a minute left.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    run.world.api.edit(&Kind::Dynamic.path(), |r| {
+        r["status"]["issueTime"] =
+            json!((now - k8s_openapi::jiff::SignedDuration::from_secs(3540)).to_string());
+        r["status"]["expiryTime"] =
+            json!((now + k8s_openapi::jiff::SignedDuration::from_secs(60)).to_string());
+    });
+    let renewals = run.world.vault.calls("renew_lease");
+    run.world
+        .api
+        .fail_next(Method::PATCH, "/dynamiccredentials/db/status", 503);
+    let err = run.dc().await.expect_failed();
+    assert_eq!(
+        run.world.vault.calls("renew_lease"),
+        renewals + 1,
+        "renewed in Vault"
+    );
+    let within = err
+        .retry_within()
+        .unwrap_or_else(|| panic!("no retry bound: {err}"));
+    // The renewed lease is due again at renewAtPercent (67, jittered by at most 3) of its hour.
+    assert!(
+        within <= support::fake_vault::LEASE_TTL.mul_f64(0.70),
+        "retried within {within:?}, not before the renewed lease is due again: {err}"
+    );
+    assert_eq!(run.held(Kind::Dynamic), lease, "the same credential");
+    run.settle(Kind::Dynamic).await;
+    assert_eq!(run.live(Kind::Dynamic), [lease]);
 }
 
 #[tokio::test]

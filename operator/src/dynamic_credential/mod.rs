@@ -75,6 +75,13 @@ pub enum Error {
     Restart { target: String, source: kube::Error },
     #[error("failed to patch status: {0}")]
     PatchStatus(kube::Error),
+    /// The reconcile did its work (a lease renewed or issued) but could not record it; the lease
+    /// is looked up and renewed again within `retry_in`, before it can end.
+    #[error("failed to patch status: {source}; the lease is checked again within {}s", retry_in.as_secs())]
+    StatusUnwritten {
+        source: kube::Error,
+        retry_in: Duration,
+    },
     #[error("failed to read from the Kubernetes API: {0}")]
     Read(kube::Error),
     #[error("finalizer: {0}")]
@@ -95,6 +102,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// How soon the reconcile must run again at the latest.
+    pub fn retry_within(&self) -> Option<Duration> {
+        match self {
+            Self::StatusUnwritten { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
+
     fn vault_error(&self) -> Option<&VaultError> {
         match self {
             Self::Unwritten { source, .. } => source.vault_error(),
@@ -149,6 +164,7 @@ pub async fn run(
             waits_for_change,
             reason: Error::reason,
             panicked: Error::Panicked,
+            retry_within: Error::retry_within,
         },
     )
     .await;
@@ -267,13 +283,21 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
     let status = dc.status.clone().unwrap_or_default();
     match result {
         Ok((new_status, next)) => {
-            patch_status(dc, ctx, &status, new_status).await?;
-            ctx.succeeded(&dc.uid().unwrap_or_default());
-            ctx.metrics.sync(KIND, "synced", started.elapsed());
             let wait = next.duration_since(now).clamp(
                 SignedDuration::from_secs(1),
                 SignedDuration::from_secs(3600),
             );
+            patch_status(dc, ctx, &status, new_status)
+                .await
+                .map_err(|err| match err {
+                    Error::PatchStatus(source) => Error::StatusUnwritten {
+                        source,
+                        retry_in: wait.unsigned_abs(),
+                    },
+                    other => other,
+                })?;
+            ctx.succeeded(&dc.uid().unwrap_or_default());
+            ctx.metrics.sync(KIND, "synced", started.elapsed());
             Ok(Action::requeue(wait.unsigned_abs()))
         }
         Err(err) => {

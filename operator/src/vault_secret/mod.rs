@@ -127,6 +127,7 @@ pub async fn run(
             waits_for_change,
             reason: Error::reason,
             panicked: Error::Panicked,
+            retry_within: crate::managed::ErrorPolicy::backoff_only,
         },
     )
     .await;
