@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_VAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub vault_timeout: Duration,
 
-    /// How long a request to the Kubernetes API (not a watch) may wait for its answer.
+    /// How long a request to the Kubernetes API (not a watch) may take to connect, and then to be
+    /// answered.
     #[arg(long, env = "VAULTKEEPER_KUBE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub kube_timeout: Duration,
 

@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let watch_client =
         kube::Client::try_from(config.clone()).context("failed to build a Kubernetes client")?;
     let mut request_config = config;
+    request_config.connect_timeout = Some(args.kube_timeout);
     request_config.read_timeout = Some(args.kube_timeout);
     request_config.reset_reader_on_write = true;
     let client =

@@ -290,10 +290,14 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
             patch_status(dc, ctx, &status, new_status)
                 .await
                 .map_err(|err| match err {
-                    Error::PatchStatus(source) => Error::StatusUnwritten {
-                        source,
-                        retry_in: wait.unsigned_abs(),
-                    },
+                    Error::PatchStatus(source) => {
+                        let err = Error::StatusUnwritten {
+                            source,
+                            retry_in: wait.unsigned_abs(),
+                        };
+                        tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), error = %err, "synced, but the status was not written");
+                        err
+                    }
                     other => other,
                 })?;
             ctx.succeeded(&dc.uid().unwrap_or_default());
@@ -331,11 +335,12 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
             if let Error::Unwritten { orphan, .. } = &err {
                 new_status.retiring_leases.push(orphan.clone());
             }
+            // Logged first: when the API server is away, the status patch below fails too.
+            tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), reason = err.reason(), error = %err, "DynamicCredential not ready");
             patch_status(dc, ctx, &status, new_status).await?;
             if was != Some(("False".to_owned(), err.reason().to_owned())) {
                 publish(ctx, dc, EventType::Warning, err.reason(), condition.message).await;
             }
-            tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), reason = err.reason(), error = %err, "DynamicCredential not ready");
             Err(err)
         }
     }
@@ -424,6 +429,7 @@ async fn sync(
                 lease_id: l.id.clone(),
                 source,
             })?;
+        tracing::info!(namespace = %namespace, name = dc.name_any(), lease_id = %l.id, left = ?left, "the recorded lease expiry passed; looked the lease up in Vault");
         if let Some(left) = left.filter(|left| !left.is_zero()) {
             let alive = LeaseRecord {
                 expires: crate::clock::after(now, left),
@@ -446,6 +452,7 @@ async fn sync(
         let lease = lease.clone().expect("renew needs a lease");
         match renew(client, &token, &lease, now).await? {
             Some(renewed) => {
+                tracing::info!(namespace = %namespace, name = dc.name_any(), lease_id = %renewed.id, expires = %renewed.expires, "renewed lease");
                 renewal_note = Some(if renewed.hard_end.is_some() {
                     (
                         false,
