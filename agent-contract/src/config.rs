@@ -176,6 +176,8 @@ pub enum Violation {
         destination: String,
         file: String,
     },
+    #[error("secret {secret:?}: the template cannot be used: {problem}")]
+    Template { secret: String, problem: String },
 }
 
 /// The rules, without their values: one per [`Violation`] variant.
@@ -192,11 +194,12 @@ pub enum Rule {
     Perms,
     SameFile,
     FileIsDirectory,
+    Template,
 }
 
 impl Rule {
     /// Every rule [`AgentConfig::validate`] checks (besides the version).
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::VaultAddr,
         Self::VaultNamespace,
         Self::AuthPath,
@@ -208,6 +211,7 @@ impl Rule {
         Self::Perms,
         Self::SameFile,
         Self::FileIsDirectory,
+        Self::Template,
     ];
 }
 
@@ -226,6 +230,7 @@ impl Violation {
             Self::Perms { .. } => Rule::Perms,
             Self::SameFile { .. } => Rule::SameFile,
             Self::FileIsDirectory { .. } => Rule::FileIsDirectory,
+            Self::Template { .. } => Rule::Template,
         }
     }
 
@@ -244,6 +249,7 @@ impl Violation {
             | Self::SameFile { secret, .. }
             | Self::FileIsDirectory { secret, .. } => SecretSetting::File.keys(secret),
             Self::Perms { secret, .. } => SecretSetting::Perms.keys(secret),
+            Self::Template { secret, .. } => SecretSetting::Template.keys(secret),
         })
     }
 }
@@ -350,6 +356,14 @@ impl AgentSecret {
                 secret: self.name.clone(),
                 file: self.file.clone(),
             });
+        }
+        if let Some(template) = &self.template {
+            // Text gtmpl would panic or hang on is refused here, so the webhook denies it at
+            // admission; the agent parses the template itself at start.
+            crate::template_text::lexable(template).map_err(|problem| Violation::Template {
+                secret: self.name.clone(),
+                problem,
+            })?;
         }
         self.mode().map(|_| ())
     }
@@ -644,6 +658,18 @@ mod tests {
                 "/secrets/1/file",
                 "db/cfg.txt".into(),
                 "secret \"cfg\" writes /vault/secrets/db/cfg.txt, below /vault/secrets/db, which secret \"db\" writes as a file",
+            ),
+            (
+                Rule::Template,
+                "/secrets/0/template",
+                "{{ é }}".into(),
+                "secret \"db\": the template cannot be used: ",
+            ),
+            (
+                Rule::Template,
+                "/secrets/0/template",
+                "{{ \"a\\x\" }}".into(),
+                "secret \"db\": the template cannot be used: ",
             ),
         ]
     }

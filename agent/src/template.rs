@@ -7,9 +7,10 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use agent_contract::template_funcs::{self, MAX_TEXT, Output, bounded, printed_len, too_long};
 use base64::Engine as _;
 use gtmpl::{Context, Template};
-use gtmpl_value::{FromValue, Func, FuncError, Value};
+use gtmpl_value::{Func, FuncError, Value};
 
 /// One `secret` call: the path and, for endpoints that issue on write (`pki/issue/x`), the
 /// `key=value` parameters that follow it.
@@ -87,7 +88,10 @@ pub fn render(
         .map(|(key, answer)| (call_id(&key.path, &key.params), answer_value(answer)))
         .collect();
     PREFETCHED.with(|slot| *slot.borrow_mut() = prefetched);
-    let result = template.render(&Context::empty());
+    let mut out = Output::default();
+    let result = template
+        .execute(&mut out, &Context::empty())
+        .map(|()| out.into_string());
     PREFETCHED.with(|slot| slot.borrow_mut().clear());
     result.map_err(|e| redact(&format!("failed to render: {e}"), answers))
 }
@@ -160,13 +164,13 @@ const FUNCTIONS: &[(&str, Func)] = &[
     ("join", join as Func),
     ("vkSortedEntries", sorted_entries as Func),
     ("vkSortedValues", sorted_values as Func),
-    ("printf", printf as Func),
 ];
 
 fn parse(text: &str) -> Result<Template, String> {
     actions(text)?;
     lexable(text)?;
     let mut template = Template::default();
+    template.add_funcs(template_funcs::BUILTINS);
     template.add_funcs(FUNCTIONS);
     template
         .parse(text)
@@ -477,32 +481,15 @@ fn last_text_arg(args: &[Value], name: &str) -> Result<String, FuncError> {
     text_arg(args, args.len().max(1) - 1, name)
 }
 
-/// gtmpl's `printf` once the format passed [`printable`].
-fn printf(args: &[Value]) -> Result<Value, FuncError> {
-    if let Some(Value::String(format)) = args.first() {
-        printable(format, &args[1..]).map_err(FuncError::Generic)?;
-    }
-    gtmpl::funcs::printf(args)
-}
-
-/// gtmpl's `printf` checks ([`agent_contract::template_text::printf_format`]) on the format and
-/// on widths and precisions taken from the arguments by `*`.
-pub fn printable(format: &str, args: &[Value]) -> Result<(), String> {
-    let huge = |arg: &Value| i64::from_value(arg).is_some_and(|n| n.unsigned_abs() > 65535);
-    agent_contract::template_text::printf_format(format, args.iter().any(huge))
-}
-
 fn to_json(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(Value::String(
-        to_json_value(arg(args, 0, "toJSON")?).to_string(),
-    ))
+    bounded("toJSON", to_json_value(arg(args, 0, "toJSON")?).to_string())
 }
 
 fn to_json_pretty(args: &[Value]) -> Result<Value, FuncError> {
     let json = to_json_value(arg(args, 0, "toJSONPretty")?);
-    serde_json::to_string_pretty(&json)
-        .map(Value::String)
-        .map_err(|e| FuncError::Generic(e.to_string()))
+    let text =
+        serde_json::to_string_pretty(&json).map_err(|e| FuncError::Generic(e.to_string()))?;
+    bounded("toJSONPretty", text)
 }
 
 fn parse_json(args: &[Value]) -> Result<Value, FuncError> {
@@ -514,16 +501,18 @@ fn parse_json(args: &[Value]) -> Result<Value, FuncError> {
 
 fn base64_encode(args: &[Value]) -> Result<Value, FuncError> {
     let text = text_arg(args, 0, "base64Encode")?;
-    Ok(Value::String(
+    bounded(
+        "base64Encode",
         base64::engine::general_purpose::STANDARD.encode(text),
-    ))
+    )
 }
 
 fn base64_url_encode(args: &[Value]) -> Result<Value, FuncError> {
     let text = text_arg(args, 0, "base64URLEncode")?;
-    Ok(Value::String(
+    bounded(
+        "base64URLEncode",
         base64::engine::general_purpose::URL_SAFE.encode(text),
-    ))
+    )
 }
 
 fn decoded(bytes: Result<Vec<u8>, base64::DecodeError>, name: &str) -> Result<Value, FuncError> {
@@ -551,11 +540,11 @@ fn base64_url_decode(args: &[Value]) -> Result<Value, FuncError> {
 }
 
 fn to_upper(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(Value::String(text_arg(args, 0, "toUpper")?.to_uppercase()))
+    bounded("toUpper", text_arg(args, 0, "toUpper")?.to_uppercase())
 }
 
 fn to_lower(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(Value::String(text_arg(args, 0, "toLower")?.to_lowercase()))
+    bounded("toLower", text_arg(args, 0, "toLower")?.to_lowercase())
 }
 
 fn trim_space(args: &[Value]) -> Result<Value, FuncError> {
@@ -574,6 +563,16 @@ fn replace_all(args: &[Value]) -> Result<Value, FuncError> {
         text_arg(args, 1, "replaceAll")?,
         text_arg(args, 2, "replaceAll")?,
     );
+    // An empty OLD matches around every character.
+    let matches = if old.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(old.as_str()).count()
+    };
+    let len = (s.len() - matches * old.len()).saturating_add(matches.saturating_mul(new.len()));
+    if len > MAX_TEXT {
+        return too_long("replaceAll");
+    }
     Ok(Value::String(s.replace(&old, &new)))
 }
 
@@ -595,13 +594,22 @@ fn split(args: &[Value]) -> Result<Value, FuncError> {
 fn join(args: &[Value]) -> Result<Value, FuncError> {
     let sep = text_arg(args, 0, "join")?;
     match arg(args, 1, "join")? {
-        Value::Array(items) => Ok(Value::String(
-            items
+        Value::Array(items) => {
+            let len = items
                 .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(&sep),
-        )),
+                .map(|item| printed_len(item).saturating_add(sep.len()))
+                .fold(0usize, usize::saturating_add);
+            if len > MAX_TEXT.saturating_add(sep.len()) {
+                return too_long("join");
+            }
+            Ok(Value::String(
+                items
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(&sep),
+            ))
+        }
         _ => Err(FuncError::Generic(
             "join: the second argument is not a list".into(),
         )),
@@ -860,6 +868,42 @@ mod tests {
             r("Grüße {{ with secret \"kv/web\" }}{{ .Data.region }}{{ end }} €").unwrap(),
             "Grüße eu €"
         );
+    }
+
+    #[test]
+    fn text_growth_is_bounded() {
+        // Found by the agent_template fuzz target: chained replaceAll ran it out of memory.
+        let chained =
+            |f: &str| format!(r#"{{{{ "0123456789" {} }}}}"#, format!("| {f} ").repeat(12));
+        for (f, name) in [
+            (r#"replaceAll "1" "1111111111""#, "replaceAll"),
+            ("toJSON | toJSON", "toJSON"),
+            (
+                "base64Encode | base64Encode | base64Encode | base64Encode",
+                "base64Encode",
+            ),
+        ] {
+            let err = r(&chained(f)).unwrap_err();
+            assert!(
+                err.contains(&format!("{name}: the result would be longer than")),
+                "{f}: {err}"
+            );
+        }
+        // Doubling through nested blocks, and a file made of many small actions.
+        let doubling = format!(
+            "{}{{{{ . }}}}{}",
+            "{{ with print \"ab\" \"ab\" }}".to_owned() + &"{{ with print . . }}".repeat(30),
+            "{{ end }}".repeat(31)
+        );
+        let err = r(&doubling).unwrap_err();
+        assert!(
+            err.contains("print: the result would be longer than"),
+            "{err}"
+        );
+        let err = r(&"{{ \"0123456789\" }}".repeat(200_000)).unwrap_err();
+        assert!(err.contains("longer than"), "{err}");
+        assert_eq!(r(r#"{{ "a.b" | replaceAll "." "::" }}"#).unwrap(), "a::b");
+        assert_eq!(r(r#"{{ split "," "a,b" | join "-" }}"#).unwrap(), "a-b");
     }
 
     #[test]

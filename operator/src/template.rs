@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use agent_contract::template_funcs::{self, Output};
 use gtmpl::{Context, Template};
 use gtmpl_value::Value;
 use vault::SecretData;
@@ -26,7 +27,9 @@ pub fn check(templates: &BTreeMap<String, String>) -> Result<(), TemplateError> 
 /// Parses one template. gtmpl 0.7.1 never returns on an action that is not closed (`{{ .a `), and
 /// panics or loops on some text (non-ASCII code in actions, `}}` in quotes, some escapes: see
 /// `agent_contract::template_text`), so the text is checked first: a tenant's template must give
-/// an error, not crash or hang the operator. `printf` is gtmpl's, behind the same checks.
+/// an error, not crash or hang the operator. `print`, `println`, `printf` and `urlquery` are
+/// gtmpl's behind the agent's checks and size bound (`agent_contract::template_funcs`), and so is
+/// the rendered text: a 700-byte template could otherwise ask for gigabytes.
 fn parse(key: &str, text: &str) -> Result<Template, TemplateError> {
     agent_contract::template_text::lexable(text).map_err(|problem| TemplateError {
         key: key.to_owned(),
@@ -47,25 +50,12 @@ fn parse(key: &str, text: &str) -> Result<Template, TemplateError> {
         }
     }
     let mut template = Template::default();
-    template.add_funcs(&[("printf", checked_printf as gtmpl_value::Func)]);
+    template.add_funcs(template_funcs::BUILTINS);
     template.parse(text).map_err(|e| TemplateError {
         key: key.to_owned(),
         problem: format!("does not parse: {e}"),
     })?;
     Ok(template)
-}
-
-/// gtmpl's `printf` once its format (which may come from the data) is one gtmpl can take.
-fn checked_printf(args: &[Value]) -> Result<Value, gtmpl_value::FuncError> {
-    if let Some(Value::String(format)) = args.first() {
-        let huge = |arg: &Value| {
-            <i64 as gtmpl_value::FromValue<i64>>::from_value(arg)
-                .is_some_and(|n| n.unsigned_abs() > 65535)
-        };
-        agent_contract::template_text::printf_format(format, args[1..].iter().any(huge))
-            .map_err(gtmpl_value::FuncError::Generic)?;
-    }
-    gtmpl::funcs::printf(args)
 }
 
 /// Renders every template over `data`; each top-level key of `data` is `.<key>`.
@@ -79,11 +69,14 @@ pub fn render(
     let mut out = BTreeMap::new();
     for (key, text) in templates {
         let template = parse(key, text)?;
-        let rendered = template.render(&context).map_err(|e| TemplateError {
-            key: key.clone(),
-            problem: format!("failed to render: {}", redact(&e.to_string(), data)),
-        })?;
-        out.insert(key.clone(), rendered);
+        let mut rendered = Output::default();
+        template
+            .execute(&mut rendered, &context)
+            .map_err(|e| TemplateError {
+                key: key.clone(),
+                problem: format!("failed to render: {}", redact(&e.to_string(), data)),
+            })?;
+        out.insert(key.clone(), rendered.into_string());
     }
     Ok(out)
 }
@@ -164,6 +157,35 @@ mod tests {
             let data: SecretData = serde_json::from_value(serde_json::json!({"a": "1"})).unwrap();
             assert!(render(&templates, &data).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn text_growth_is_refused_with_a_clear_error() {
+        // Reported by the fuzz target (fuzz/known/operator_template/gtmpl-print-doubling-oom.txt):
+        // a value printed with itself in 31 nested blocks asked for gigabytes.
+        let doubling = format!(
+            "{{{{ with print .password .password }}}}{}{{{{ . }}}}{}",
+            "{{ with print . . }}".repeat(30),
+            "{{ end }}".repeat(31)
+        );
+        let templates = BTreeMap::from([("k".to_owned(), doubling)]);
+        let err = render(&templates, &data())
+            .map(|out| out.len())
+            .unwrap_err();
+        assert!(
+            err.problem
+                .contains("print: the result would be longer than 1048576 bytes"),
+            "{err}"
+        );
+        assert!(!err.problem.contains("canary-pw"), "{err}");
+        let templates = BTreeMap::from([("k".to_owned(), "{{ .username }}".repeat(400_000))]);
+        let err = render(&templates, &data())
+            .map(|out| out.len())
+            .unwrap_err();
+        assert!(
+            err.problem.contains("rendered text would be longer"),
+            "{err}"
+        );
     }
 
     #[test]

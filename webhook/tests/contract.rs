@@ -86,6 +86,9 @@ fn broken_requests() -> Vec<(Rule, &'static str, Break)> {
             "a file below another's file",
             |r, _| r.secrets[1].file = format!("{}/b", r.secrets[0].file),
         ),
+        (Rule::Template, "a template gtmpl would panic on", |r, _| {
+            r.secrets[0].template = Some("{{ é }}".to_owned())
+        }),
     ]
 }
 
@@ -208,6 +211,14 @@ fn denied_annotations() -> Vec<Annotated> {
             Rule::FileIsDirectory,
             with(&[("vault.hashicorp.com/agent-inject-file-b", "a/b")]),
             "secret \"b\" writes /vault/secrets/a/b, below /vault/secrets/a, which secret \"a\" writes as a file; fix vaultkeeper.dev/file-b or vault.hashicorp.com/agent-inject-file-b",
+        ),
+        (
+            Rule::Template,
+            with(&[(
+                "vault.hashicorp.com/agent-inject-template-a",
+                "{{ \"a\\x\" }}",
+            )]),
+            "secret \"a\": the template cannot be used: ",
         ),
     ]
 }
