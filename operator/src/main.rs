@@ -10,13 +10,14 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use vault::{VaultClient, VaultConfig};
 
+use supervise::Stop;
 use vaultkeeper_operator::config::Args;
 use vaultkeeper_operator::context::Context;
 use vaultkeeper_operator::identity::{Connection, Identities};
 use vaultkeeper_operator::metrics::Metrics;
 use vaultkeeper_operator::{
     certificate, dynamic_credential, http, leader, lease_tokens, managed, operator_key, restart,
-    vault_secret,
+    supervise, vault_secret,
 };
 
 #[tokio::main]
@@ -220,28 +221,23 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let mut controllers = [controller, dc_controller, cert_controller];
-    let mut watches = watches;
-    // A controller or a watch returns only at shutdown: one that ends earlier (a panic, or a
-    // stream that gave up) leaves resources unreconciled, so the process stops being ready and
-    // exits with an error for its supervisor to restart it.
-    let stop = tokio::select! {
-        _ = &mut shutdown => Stop::Signal,
-        _ = lost => Stop::LostLeadership,
-        (result, index, _) = futures::future::select_all(controllers.iter_mut()) => {
-            Stop::TaskEnded(["VaultSecret", "DynamicCredential", "CertificateRequest"][index], result.err().map(|e| e.to_string()))
-        }
-        (result, index, _) = futures::future::select_all(watches.iter_mut()) => {
-            Stop::TaskEnded(["VaultSecret Secret watch", "DynamicCredential Secret watch", "CertificateRequest Secret watch"][index], result.err().map(|e| e.to_string()))
-        }
-    };
+    let [vs_watch, dc_watch, cert_watch] = watches;
+    // The controllers first: at shutdown they finish their reconciles, the watches are aborted.
+    let mut tasks = [
+        ("VaultSecret", controller),
+        ("DynamicCredential", dc_controller),
+        ("CertificateRequest", cert_controller),
+        ("VaultSecret Secret watch", vs_watch),
+        ("DynamicCredential Secret watch", dc_watch),
+        ("CertificateRequest Secret watch", cert_watch),
+    ];
+    let stop = supervise::first_stop(&mut shutdown, lost, &mut tasks, &ready_when_filled).await;
     match &stop {
         Stop::Signal => tracing::info!("shutting down"),
         Stop::LostLeadership => {
             tracing::error!("lost the leader Lease; stopping so that only one replica acts")
         }
         Stop::TaskEnded(task, error) => {
-            ready_when_filled.store(false, Ordering::Relaxed);
             tracing::error!(
                 task,
                 error = error.as_deref().unwrap_or("returned"),
@@ -250,13 +246,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    // A task select_all saw finish must not be awaited again.
-    for task in controllers {
+    let [vs, dc, cert, watches @ ..] = tasks;
+    // A task first_stop saw finish must not be awaited again.
+    for (_, task) in [vs, dc, cert] {
         if !task.is_finished() {
             let _ = task.await;
         }
     }
-    watches.iter().for_each(|w| w.abort());
+    watches.iter().for_each(|(_, w)| w.abort());
     if let Some(leader) = leadership {
         leader.release().await;
     }
@@ -266,14 +263,6 @@ async fn main() -> anyhow::Result<()> {
         Stop::LostLeadership => anyhow::bail!("lost leadership"),
         Stop::TaskEnded(task, _) => anyhow::bail!("{task} ended before shutdown"),
     }
-}
-
-/// Why the operator stops.
-enum Stop {
-    Signal,
-    LostLeadership,
-    /// A controller or watch task ended on its own (with its panic message, if it panicked).
-    TaskEnded(&'static str, Option<String>),
 }
 
 /// Resolves once `true` is sent on the channel.
