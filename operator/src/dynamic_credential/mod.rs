@@ -291,9 +291,13 @@ async fn apply(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error> {
                 .await
                 .map_err(|err| match err {
                     Error::PatchStatus(source) => {
+                        // Counted from now: the failed patch itself may have taken a while.
+                        let retry_in = next
+                            .duration_since(Timestamp::now())
+                            .clamp(SignedDuration::from_secs(1), SignedDuration::from_secs(3600));
                         let err = Error::StatusUnwritten {
                             source,
-                            retry_in: wait.unsigned_abs(),
+                            retry_in: retry_in.unsigned_abs(),
                         };
                         tracing::warn!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), error = %err, "synced, but the status was not written");
                         err
