@@ -6,6 +6,7 @@
 //! token the operator keeps renewed and stored (`lease_tokens`), so a restarted operator resumes
 //! the same lease: no new credential, no rollout.
 
+pub mod decide;
 pub mod desired;
 pub mod schedule;
 
@@ -37,8 +38,9 @@ use crate::restart;
 use crate::retirement::{self, Retiring};
 use crate::template;
 use crate::vault_api::VaultApi;
+use decide::LeaseAction;
 use desired::Plan;
-use schedule::{IssueReason, LeaseRecord, Step, Timing, TokenView};
+use schedule::{LeaseRecord, Step, Timing, TokenView};
 
 const KIND: &str = "DynamicCredential";
 /// Guards revocation of the lease when the resource is deleted.
@@ -401,30 +403,25 @@ async fn sync(
     {
         retire(dc, ctx, client, &token, &plan, &mut status, None, now).await;
     }
-    let timing = Timing {
-        renew_at_percent: dc.spec.renew_at_percent,
-        rotate_at_percent: dc.spec.rotate_at_percent,
-        jitter: schedule::jitter_of(&dc.uid().unwrap_or_default()),
-    };
-    let view = TokenView {
-        accessor: token.accessor.clone(),
-    };
-    let mut step = schedule::next_step(
-        lease.as_ref(),
+    // Gather: what the lease is, as far as the records and (when they ran out) Vault tell.
+    let mut gathered = decide::Gathered {
+        lease,
         secret_holds_lease,
         spec_changed,
-        &view,
-        timing,
-        now,
-    );
-    if step == Step::Issue(IssueReason::SecretLost) && record_invalid {
-        step = Step::Issue(IssueReason::RecordInvalid);
-    }
-    // The recorded expiry passed, but a renewal whose status write was lost (an API outage) may
-    // have extended the lease: ask Vault before issuing a second live credential.
-    let mut lease = lease;
-    if step == Step::Issue(IssueReason::LeaseLost)
-        && let Some(l) = &lease
+        record_invalid,
+        token: TokenView {
+            accessor: token.accessor.clone(),
+        },
+        timing: Timing {
+            renew_at_percent: dc.spec.renew_at_percent,
+            rotate_at_percent: dc.spec.rotate_at_percent,
+            jitter: schedule::jitter_of(&dc.uid().unwrap_or_default()),
+        },
+        has_restart_targets: !dc.spec.restart_targets.is_empty(),
+        grace: plan.grace,
+    };
+    if decide::needs_lookup(&gathered, now)
+        && let Some(l) = &gathered.lease
     {
         let left = client
             .lookup_lease(&token.token, &l.id)
@@ -434,105 +431,60 @@ async fn sync(
                 source,
             })?;
         tracing::info!(namespace = %namespace, name = dc.name_any(), lease_id = %l.id, left = ?left, "the recorded lease expiry passed; looked the lease up in Vault");
-        if let Some(left) = left.filter(|left| !left.is_zero()) {
-            let alive = LeaseRecord {
-                expires: crate::clock::after(now, left),
-                ..l.clone()
-            };
-            step = schedule::next_step(
-                Some(&alive),
-                secret_holds_lease,
-                spec_changed,
-                &view,
-                timing,
-                now,
-            );
-            lease = Some(alive);
-        }
-    }
-    let mut renewal_note = None;
-    let mut current = lease.clone();
-    if step == Step::Renew {
-        let lease = lease.clone().expect("renew needs a lease");
-        match renew(client, &token, &lease, now).await? {
-            Some(renewed) => {
-                tracing::info!(namespace = %namespace, name = dc.name_any(), lease_id = %renewed.id, expires = %renewed.expires, "renewed lease");
-                renewal_note = Some(if renewed.hard_end.is_some() {
-                    (
-                        false,
-                        reasons::MAX_TTL_REACHED,
-                        format!(
-                            "lease {} cannot be extended past {}; a new credential follows",
-                            renewed.id, renewed.expires
-                        ),
-                    )
-                } else {
-                    (
-                        true,
-                        reasons::RENEWED,
-                        format!("lease {} renewed until {}", renewed.id, renewed.expires),
-                    )
-                });
-                write_lease_status(&mut status, &renewed);
-                current = Some(renewed.clone());
-                step = schedule::next_step(Some(&renewed), true, false, &view, timing, now);
-            }
-            None => step = Step::Issue(IssueReason::LeaseLost),
-        }
+        gathered = decide::looked_up(gathered, left, now);
     }
 
-    if let Step::Issue(reason) = step {
-        // What must follow the new credential is decided first and written with it.
-        let old = lease.clone();
-        let mut retiring = status.retiring_leases.clone();
-        if let Some(old) = &old
-            && reason != IssueReason::LeaseLost
-            && !retiring.iter().any(|r| r.lease_id == old.id)
-        {
-            let wait_for_rollout = !dc.spec.restart_targets.is_empty();
-            retiring.push(RetiringLease {
-                lease_id: old.id.clone(),
-                expiry_time: Some(Time(old.expires)),
-                revoke_after: (!wait_for_rollout)
-                    .then(|| Time(crate::clock::after(now, plan.grace))),
-            });
+    // Decide, act, record: a renewal first when one is due, then what its outcome calls for.
+    let mut renewal_note = None;
+    let mut current = gathered.lease.clone();
+    let mut action = decide::decide(&gathered, &status.retiring_leases, None, now);
+    if let LeaseAction::Renew(lease) = &action {
+        let renewed = renew(client, &token, lease, now).await?;
+        if let Some(renewed) = &renewed {
+            tracing::info!(namespace = %namespace, name = dc.name_any(), lease_id = %renewed.id, expires = %renewed.expires, "renewed lease");
+            renewal_note = Some(decide::renewal_note(renewed));
+            status = decide::with_lease(status, renewed);
+            current = Some(renewed.clone());
         }
-        if reason == IssueReason::LeaseLost
-            && let Some(old) = &old
+        action = decide::decide(
+            &gathered,
+            &status.retiring_leases,
+            Some(renewed.as_ref()),
+            now,
+        );
+    }
+    if let LeaseAction::Issue {
+        reason,
+        mut retiring,
+        restart,
+        revoke_first,
+    } = action
+    {
+        if let Some(ended) = &revoke_first
+            && let Err(err) = client.revoke_lease(&token.token, &ended.id).await
         {
-            // Vault calls a lease dead in its last second (lookup answers whole seconds) and lists
-            // an expired one until its queued revocation has run: revoke it first, so two
-            // credentials are never live at once. Revoking a lease Vault no longer knows succeeds.
-            if let Err(err) = client.revoke_lease(&token.token, &old.id).await {
-                tracing::warn!(lease_id = %old.id, error = %err, "failed to revoke the expired lease before replacing it; retrying later");
-                if !retiring.iter().any(|r| r.lease_id == old.id) {
-                    // Its recorded expiry is stale (that is how it got here): no end on record,
-                    // so it is revoked, not dropped as ended.
-                    retiring.push(RetiringLease {
-                        lease_id: old.id.clone(),
-                        expiry_time: None,
-                        revoke_after: Some(Time(now)),
-                    });
-                }
-            }
+            tracing::warn!(lease_id = %ended.id, error = %err, "failed to revoke the ended lease before replacing it; retrying later");
+            retiring = decide::revoke_later(retiring, ended, now);
         }
-        let restart = (old.is_some() || reason == IssueReason::SpecChanged)
-            && !dc.spec.restart_targets.is_empty();
         let issued = issue(dc, ctx, &plan, client, &token, now, &retiring, restart).await?;
-        status.retiring_leases = retiring;
-        if old.is_some() {
-            status.last_rotation_time = Some(Time(now));
-        }
-        write_lease_status(&mut status, &issued.record);
+        let rotated = gathered.lease.is_some();
+        status = decide::with_issued(
+            status,
+            &issued.record,
+            &issued.hmac,
+            retiring,
+            rotated,
+            restart,
+            now,
+        );
         current = Some(issued.record.clone());
-        status.data_hmac = Some(issued.hmac.clone());
         renewal_note = Some((
             true,
             reasons::ISSUED,
             format!("lease {} issued ({})", issued.record.id, reason.describe()),
         ));
         // Events are aggregated by reason, so a rotation gets its own reason to keep its note.
-        let event_reason = if old.is_some() {
+        let event_reason = if rotated {
             reasons::ROTATED
         } else {
             reasons::ISSUED
@@ -550,16 +502,9 @@ async fn sync(
             ),
         )
         .await;
-        if restart {
-            // A rotation is one event and the old credential's time is limited: no debounce.
-            status.pending_restart = Some(restart::schedule(
-                status.pending_restart.as_ref(),
-                restart::stamp_of(&issued.hmac),
-                now,
-                Duration::ZERO,
-            ));
-        }
     }
+    let view = gathered.token.clone();
+    let timing = gathered.timing;
 
     let advanced = match ctx
         .restarts
@@ -611,7 +556,7 @@ async fn sync(
     .await;
     if let Some(l) = &current {
         // A lease read back from the Secret alone: put its facts in the status.
-        write_lease_status(&mut status, l);
+        status = decide::with_lease(status, l);
     }
     let next_lease = current
         .as_ref()
@@ -646,15 +591,6 @@ async fn sync(
         now,
     );
     Ok((status, next))
-}
-
-fn write_lease_status(status: &mut DynamicCredentialStatus, lease: &LeaseRecord) {
-    status.lease_id = Some(lease.id.clone());
-    status.issue_time = Some(Time(lease.issued));
-    status.lease_duration_seconds =
-        Some(i64::try_from(lease.duration.as_secs()).unwrap_or(i64::MAX));
-    status.expiry_time = Some(Time(lease.expires));
-    status.max_expiry_time = lease.hard_end.map(Time);
 }
 
 async fn lease_token(
