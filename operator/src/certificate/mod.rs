@@ -6,6 +6,7 @@
 //! The Secret is the record: a restarted operator reads the certificate back from it and issues
 //! nothing while it is valid and was written for the current spec.
 
+pub mod decide;
 pub mod desired;
 pub mod key;
 
@@ -37,7 +38,8 @@ use crate::report;
 use crate::restart;
 use crate::retirement::{self, Retiring};
 use crate::vault_api::VaultApi;
-use desired::{CertFacts, Plan, Step};
+use decide::CertificateAction;
+use desired::{CertFacts, Plan};
 use key::Key;
 
 const KIND: &str = "CertificateRequest";
@@ -337,12 +339,25 @@ async fn sync(
         retire(cr, ctx, &plan, client, &mut status, None, now).await;
     }
     let jitter = desired::jitter_of(&cr.uid().unwrap_or_default());
-    let step = desired::next_step(stored.as_ref(), plan.renew_before, jitter, now);
+    let gathered = decide::Gathered {
+        metadata_current: secret.is_some_and(|s| desired::metadata_current(s, cr)),
+        stored,
+        status_serial: status.serial_number.clone(),
+        status_not_after: status.not_after.clone(),
+        renew_before: plan.renew_before,
+        jitter,
+        revoke_superseded: cr.spec.revoke_superseded,
+        has_restart_targets: !cr.spec.restart_targets.is_empty(),
+    };
+    // Decide, act, record.
     let issuing_note;
-    let facts = match (step, stored) {
-        (Step::Keep(_), Some(stored)) => {
-            let secret = secret.expect("a stored certificate has a Secret");
-            if !desired::metadata_current(secret, cr) {
+    let facts = match decide::decide(&gathered, &status.superseded, now) {
+        CertificateAction::Keep {
+            facts,
+            rewrite_metadata,
+        } => {
+            if rewrite_metadata {
+                let secret = secret.expect("a stored certificate has a Secret");
                 let data = secret
                     .data
                     .clone()
@@ -355,40 +370,15 @@ async fn sync(
             }
             issuing_note = (
                 reasons::CERTIFICATE_VALID,
-                format!(
-                    "certificate {} is valid and matches the spec",
-                    stored.facts.serial
-                ),
+                format!("certificate {} is valid and matches the spec", facts.serial),
             );
-            stored.facts
+            facts
         }
-        (step, stored) => {
-            let reason = match step {
-                Step::Issue(reason) => reason,
-                Step::Keep(_) => desired::IssueReason::Missing,
-            };
-            // What must follow the new certificate is decided first and written with it.
-            // The Secret's certificate is the one being replaced; the status may lag behind it.
-            let previous = stored
-                .as_ref()
-                .map(|s| s.facts.serial.clone())
-                .or_else(|| status.serial_number.clone());
-            let mut superseded = status.superseded.clone();
-            if let Some(old) = &previous
-                && cr.spec.revoke_superseded
-                && !superseded.iter().any(|s| s.serial_number == *old)
-            {
-                let not_after = stored
-                    .as_ref()
-                    .map(|s| Time(s.facts.not_after))
-                    .or_else(|| status.not_after.clone());
-                superseded.push(SupersededCertificate {
-                    serial_number: old.clone(),
-                    not_after,
-                    revoke_after: cr.spec.restart_targets.is_empty().then_some(Time(now)),
-                });
-            }
-            let restart = previous.is_some() && !cr.spec.restart_targets.is_empty();
+        CertificateAction::Issue {
+            reason,
+            superseded,
+            restart,
+        } => {
             let (facts, hmac) = issue(
                 cr,
                 ctx,
@@ -400,18 +390,7 @@ async fn sync(
                 now,
             )
             .await?;
-            status.superseded = superseded;
-            if restart {
-                // A replaced certificate is one event: no debounce, the rollout gate still holds.
-                status.pending_restart = Some(restart::schedule(
-                    status.pending_restart.as_ref(),
-                    restart::stamp_of(&hmac),
-                    now,
-                    Duration::ZERO,
-                ));
-            }
-            status.data_hmac = Some(hmac);
-            status.last_issue_time = Some(Time(now));
+            status = decide::with_issued(status, &hmac, superseded, restart, now);
             let message = format!(
                 "Issued certificate {} from {} into Secret {:?}, valid until {}: {}",
                 facts.serial,
@@ -432,11 +411,8 @@ async fn sync(
             facts
         }
     };
-    status.serial_number = Some(facts.serial.clone());
-    status.not_before = Some(Time(facts.not_before));
-    status.not_after = Some(Time(facts.not_after));
     let renewal = desired::renew_at(&facts, plan.renew_before, jitter);
-    status.renewal_time = Some(Time(renewal));
+    status = decide::with_certificate(status, &facts, renewal);
 
     let advanced = ctx
         .restarts
