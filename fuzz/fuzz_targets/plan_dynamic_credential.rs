@@ -1,8 +1,9 @@
 //! A DynamicCredential (any JSON, status included) and the Secret it finds, through the
 //! reconcile's pure steps: `desired::plan`, `desired::owned_by`, `desired::lease_on_secret`, the
 //! lease record rebuilt from status and Secret as `recorded_lease` does, `schedule::jitter_of`,
-//! `schedule::next_step` (so `renew_time` and `rotate_time`), and for a Vault answer (`issued`,
-//! `renewed`) the new record, `desired::build_secret` and the lease read back from it.
+//! `decide::{needs_lookup, decide}` (so `schedule::next_step`, `renew_time` and `rotate_time`), and
+//! for a Vault answer (`issued`, `renewed`) the new record, `decide::with_issued`,
+//! `desired::build_secret` and the lease read back from it.
 //!
 //! Input: `{"resource": <DynamicCredential>, "secret": <Secret>?, "tokenAccessor": s?, "now": s?,
 //! "issued": {"leaseId", "ttlSeconds", "renewable"}?, "renewed": {"ttlSeconds", "capped"}?}`.
@@ -17,10 +18,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use vaultkeeper_fuzz::{auth_mount_of, clock, identify, known, stored_secret};
+use vaultkeeper_operator::dynamic_credential::decide::{self, LeaseAction};
 use vaultkeeper_operator::dynamic_credential::desired;
-use vaultkeeper_operator::dynamic_credential::schedule::{
-    self, LeaseRecord, Step, Timing, TokenView,
-};
+use vaultkeeper_operator::dynamic_credential::schedule::{self, LeaseRecord, Timing, TokenView};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -147,15 +147,24 @@ fuzz_target!(|input: &[u8]| {
     if lease.as_ref().is_some_and(overflows) {
         return;
     }
-    let mut step = schedule::next_step(
-        lease.as_ref(),
+    let gathered = decide::Gathered {
+        lease: lease.clone(),
         secret_holds_lease,
         spec_changed,
-        &view,
+        record_invalid: secret.as_ref().is_some_and(desired::lease_record_invalid),
+        token: view.clone(),
         timing,
-        now,
-    );
-    if let (Step::Renew, Some(lease), Some(renewed)) = (&step, &lease, &scenario.renewed) {
+        has_restart_targets: !dc.spec.restart_targets.is_empty(),
+        grace: plan.grace,
+    };
+    decide::needs_lookup(&gathered, now);
+    let retiring = dc
+        .status
+        .as_ref()
+        .map(|s| s.retiring_leases.clone())
+        .unwrap_or_default();
+    let mut action = decide::decide(&gathered, &retiring, None, now);
+    if let (LeaseAction::Renew(lease), Some(renewed)) = (&action, &scenario.renewed) {
         let Some(expires) = after(now, Duration::from_secs(renewed.ttl_seconds)) else {
             return;
         };
@@ -172,10 +181,26 @@ fuzz_target!(|input: &[u8]| {
         if overflows(&renewed) {
             return;
         }
-        step = schedule::next_step(Some(&renewed), true, false, &view, timing, now);
+        decide::renewal_note(&renewed);
+        action = decide::decide(&gathered, &retiring, Some(Some(&renewed)), now);
     }
-    if let (Step::Issue(reason), Some(issued)) = (&step, &scenario.issued) {
+    if let (
+        LeaseAction::Issue {
+            reason,
+            retiring,
+            restart,
+            revoke_first,
+        },
+        Some(issued),
+    ) = (&action, &scenario.issued)
+    {
         reason.describe();
+        if let Some(ended) = revoke_first {
+            assert!(
+                !retiring.iter().any(|r| r.lease_id == ended.id),
+                "an ended lease is revoked first, not retired"
+            );
+        }
         let duration = Duration::from_secs(issued.ttl_seconds);
         let Some(expires) = after(now, duration) else {
             return;
@@ -188,6 +213,16 @@ fuzz_target!(|input: &[u8]| {
             hard_end: (!issued.renewable).then_some(expires),
             token_accessor: scenario.token_accessor.clone(),
         };
+        let status = decide::with_issued(
+            Default::default(),
+            &record,
+            "hmac",
+            retiring.clone(),
+            lease.is_some(),
+            *restart,
+            now,
+        );
+        assert_eq!(status.lease_id.as_deref(), Some(record.id.as_str()));
         let data = BTreeMap::from([("username".to_owned(), b"v-app".to_vec())]);
         let written = desired::build_secret(
             dc,
