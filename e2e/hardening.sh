@@ -191,6 +191,7 @@ dcred after after-db >/dev/null
 eventually 30 ready_is dcred after True && ok "a DynamicCredential created after the hostile edits is reconciled" || bad "the operator stopped reconciling: $(cond dcred after Ready message)"
 kill -0 "$OP_PID" 2>/dev/null && curl -sf "127.0.0.1:$METRICS_PORT/readyz" >/dev/null && ok "the operator is alive and ready" || bad "the operator died or is not ready"
 contains -i "panicked" "$OP_LOG" && bad "a reconcile panicked: $(grep -i panicked "$OP_LOG" | head -2)" || ok "no panic in the operator log"
+grep -q $'\x1b\[' "$OP_LOG" && bad "terminal colour codes in the operator's log file" || ok "the operator's log file is plain text, without colour codes"
 
 # The issuing token's Secret records when the token was issued, and a restarted operator keeps it.
 token_issued() { kubectl -n vaultkeeper-system get secret -l vaultkeeper.dev/lease-token=true -o json \

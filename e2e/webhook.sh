@@ -123,6 +123,27 @@ EOF
 grep -q 'denied the request' <<<"$out" && grep -qi 'role' <<<"$out" && grep -q '0999' <<<"$out" \
   && ok "malformed annotations refused with a clear message" || bad "malformed pod: $out"
 
+# A template the agent's Go-template engine would panic on is denied at admission, not at the
+# agent's start.
+out=$(kubectl -n $NS apply -f - 2>&1 <<'EOF' || true
+apiVersion: v1
+kind: Pod
+metadata:
+  name: bad-template
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: web
+    vault.hashicorp.com/agent-inject-secret-db: database/creds/web
+    vault.hashicorp.com/agent-inject-template-db: '{{ "a\x" }}'
+spec:
+  containers: [{name: app, image: registry.example/app:1}]
+EOF
+)
+grep -q 'denied the request' <<<"$out" && grep -q 'secret "db": the template cannot be used' <<<"$out" \
+  && grep -q 'agent-inject-template-db' <<<"$out" \
+  && ok "a template the agent cannot take is denied at admission, naming its annotation" || bad "bad template: $out"
+grep -q $'\x1b\[' "$LOG" && bad "terminal colour codes in the webhook's log file" || ok "the webhook's log file is plain text, without colour codes"
+
 if [ "$fail" -ne 0 ]; then tail -n 30 "$LOG"; fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -282,9 +282,11 @@ async fn shutdown_signal() {
 fn init_tracing(args: &Args) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    // Colours only for a person at a terminal: a log file or `kubectl logs` gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if args.log_format == "json" {
         builder.json().init()
     } else {
