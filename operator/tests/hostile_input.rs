@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::json;
-use vaultkeeper_operator::certificate::desired as cert;
-use vaultkeeper_operator::dynamic_credential::{self, desired as dc, schedule};
+use vaultkeeper_operator::certificate::{decide as cert_decide, desired as cert};
+use vaultkeeper_operator::dynamic_credential::{self, decide, desired as dc, schedule};
 use vaultkeeper_operator::vault_secret::desired as vs;
 
 fn mounts(name: &str) -> Option<String> {
@@ -139,6 +139,24 @@ proptest! {
             let lease = dynamic_credential::recorded_lease(&dc_value, secret);
             for holds in [true, false] {
                 let _ = schedule::next_step(lease.as_ref(), holds, false, &token, timing, now);
+                let gathered = decide::Gathered {
+                    lease: lease.clone(),
+                    secret_holds_lease: holds,
+                    spec_changed: false,
+                    record_invalid: secret.is_some_and(dc::lease_record_invalid),
+                    token: token.clone(),
+                    timing,
+                    has_restart_targets: holds,
+                    grace: Duration::from_secs(30),
+                };
+                if decide::needs_lookup(&gathered, now) {
+                    let _ = decide::looked_up(gathered.clone(), Some(Duration::MAX), now);
+                }
+                let retiring = follow_up.retiring.clone();
+                if let decide::LeaseAction::Renew(lease) = decide::decide(&gathered, &retiring, None, now) {
+                    let _ = decide::decide(&gathered, &retiring, Some(Some(&lease)), now);
+                    let _ = decide::decide(&gathered, &retiring, Some(None), now);
+                }
             }
             if let Some(lease) = &lease {
                 let _ = schedule::renew_time(lease, timing);
@@ -192,6 +210,17 @@ proptest! {
         let _ = cert::effective_renew_before(&facts, renew);
         let stored = cert::Stored { facts, matches_spec: true };
         let _ = cert::next_step(Some(&stored), renew, jitter, now);
+        let gathered = cert_decide::Gathered {
+            stored: Some(stored.clone()),
+            metadata_current: false,
+            status_serial: None,
+            status_not_after: None,
+            renew_before: renew,
+            jitter,
+            revoke_superseded: true,
+            has_restart_targets: true,
+        };
+        let _ = cert_decide::decide(&gathered, &[], now);
         let _ = cert::cert_facts(&pem);
         let secret = secret_with(
             BTreeMap::from([
