@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds build up bench bench-injection fuzz
+.PHONY: test crds build images up bench bench-injection fuzz
 
 test:
 	./hack/test.sh
@@ -9,6 +9,10 @@ crds:
 
 build:
 	cargo build --workspace --release
+
+# OCI images of the operator, webhook and agent, built without a Docker daemon (see README).
+images:
+	./hack/images.sh $(ARGS)
 
 # Starts the local stack, the operator and the examples; Ctrl-C stops everything.
 up:

@@ -22,6 +22,9 @@ cargo test --workspace
 echo "== fuzz targets, a few seconds each (cargo-fuzz on nightly; the cold build takes minutes)"
 bash hack/fuzz.sh --brief
 
+echo "== images: static binaries on an empty base, assembled without a daemon (cached release build)"
+bash hack/images.sh
+
 echo "== installing the local stack (cached; about 8 minutes cold)"
 bash e2e/stack/install.sh
 
