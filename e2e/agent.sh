@@ -190,7 +190,7 @@ grep -q 'issued a credential for database/creds/agent-app' "$WORK/bad.log" && [ 
 rc=0; out=$(agent "$(config init "$BAD_OUT" "$BAD_RUN" | sed 's/"version": 1/"version": 7/')" 2>&1) || rc=$?
 [ "$rc" != 0 ] && grep -q "unsupported agent configuration version 7" <<<"$out" && ok "unknown config version: $out" || bad "unknown version: rc=$rc $out"
 rc=0; out=$(agent "$(config init "$BAD_OUT" "$BAD_RUN" "[{\"name\": \"t\", \"path\": \"kv/agent1/plain\", \"file\": \"t\", \"mountPath\": \"$BAD_OUT\", \"template\": \"{{ .Data.x \"}]")" 2>&1) || rc=$?
-[ "$rc" != 0 ] && grep -q 'secret "t": template does not parse' <<<"$out" && ok "unclosed template action: $out" || bad "unclosed template: rc=$rc $out"
+[ "$rc" != 0 ] && grep -q 'secret "t": the template cannot be used: does not parse' <<<"$out" && ok "unclosed template action: $out" || bad "unclosed template: rc=$rc $out"
 
 pgrep -f "^$AGENT\$" >/dev/null && bad "an agent process is still running" || ok "no agent process left"
 echo "agent e2e: $pass passed, $fail failed"

@@ -93,6 +93,16 @@ pub fn stamp_of(hmac: &str) -> String {
         .collect()
 }
 
+/// The restart for a new credential (a lease rotated, a certificate replaced): one event, and the
+/// old credential's time is limited, so no debounce; the rollout gate still holds.
+pub fn for_new_credential(
+    existing: Option<&PendingRestart>,
+    data_hmac: &str,
+    now: Timestamp,
+) -> PendingRestart {
+    schedule(existing, stamp_of(data_hmac), now, Duration::ZERO)
+}
+
 /// A restart for new data: a pending one keeps its window (so a stream of changes still restarts
 /// once per window) and takes the newest stamp.
 pub fn schedule(

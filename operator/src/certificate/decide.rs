@@ -107,12 +107,10 @@ pub fn with_issued(
 ) -> CertificateRequestStatus {
     status.superseded = superseded;
     if restart {
-        // A replaced certificate is one event: no debounce, the rollout gate still holds.
-        status.pending_restart = Some(crate::restart::schedule(
+        status.pending_restart = Some(crate::restart::for_new_credential(
             status.pending_restart.as_ref(),
-            crate::restart::stamp_of(hmac),
+            hmac,
             now,
-            Duration::ZERO,
         ));
     }
     status.data_hmac = Some(hmac.to_owned());

@@ -207,12 +207,10 @@ pub fn with_issued(
     }
     status.data_hmac = Some(hmac.to_owned());
     if restart {
-        // A rotation is one event and the old credential's time is limited: no debounce.
-        status.pending_restart = Some(crate::restart::schedule(
+        status.pending_restart = Some(crate::restart::for_new_credential(
             status.pending_restart.as_ref(),
-            crate::restart::stamp_of(hmac),
+            hmac,
             now,
-            Duration::ZERO,
         ));
     }
     status
