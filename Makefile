@@ -6,6 +6,7 @@ test:
 
 crds:
 	cargo run -q -p vaultkeeper-crds --bin crdgen > manifests/crds.yaml
+	cargo run -q -p vaultkeeper-crds --bin crdgen -- --chart charts/vaultkeeper/templates/crds
 
 build:
 	cargo build --workspace --release

@@ -10,8 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
-echo "== generated CRDs are up to date"
-cargo run -q -p vaultkeeper-crds --bin crdgen -- --check manifests/crds.yaml
+echo "== generated CRDs are up to date (manifests/crds.yaml and the chart's CRD templates)"
+cargo run -q -p vaultkeeper-crds --bin crdgen -- --check manifests/crds.yaml --chart charts/vaultkeeper/templates/crds
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
