@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds build images up bench bench-injection fuzz
+.PHONY: test crds install-yaml build images up bench bench-injection fuzz
 
 test:
 	./hack/test.sh
@@ -7,6 +7,11 @@ test:
 crds:
 	cargo run -q -p vaultkeeper-crds --bin crdgen > manifests/crds.yaml
 	cargo run -q -p vaultkeeper-crds --bin crdgen -- --chart charts/vaultkeeper/templates/crds
+
+# manifests/install.yaml, rendered from the chart for `kubectl apply` users (needs helm: the stack
+# installs it under ~/.cache/vaultkeeper/bin).
+install-yaml:
+	./hack/install-yaml.sh > manifests/install.yaml
 
 build:
 	cargo build --workspace --release

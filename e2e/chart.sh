@@ -51,6 +51,8 @@ rendered = {d["metadata"]["name"]: d["spec"] for d in yaml.safe_load_all(sys.std
 manifests = {d["metadata"]["name"]: d["spec"] for d in yaml.safe_load_all(open("manifests/crds.yaml")) if d}
 sys.exit(0 if rendered == manifests else 1)' < <(kinds CustomResourceDefinition) \
   && ok "the chart renders the same CRD specs as manifests/crds.yaml (descriptions with {{ }} intact)" || bad "the chart's CRDs differ from manifests/crds.yaml"
+HELM=$HELM bash hack/install-yaml.sh | diff -q - manifests/install.yaml >/dev/null \
+  && ok "manifests/install.yaml is the chart's current rendering" || bad "manifests/install.yaml is out of date: run make install-yaml"
 render --set operator.vault.address="$VAULT_ADDR" --set crds.enabled=false | contains 'kind: CustomResourceDefinition' \
   && bad "crds.enabled=false still renders CRDs" || ok "crds.enabled=false renders no CRD"
 
