@@ -24,9 +24,19 @@ OP_PID=
 trap 'kubectl -n $NS delete dcred,vcert --all --wait=true --timeout=30s >/dev/null 2>&1; [ -n "$OP_PID" ] && kill $OP_PID 2>/dev/null; true' EXIT
 
 # --- the chart renders, and says what is missing -------------------------------------------------
-"$HELM" lint --strict charts/vaultkeeper --set operator.vault.address="$VAULT_ADDR" >"$WORK/lint.txt" 2>&1 \
-  && ok "helm lint --strict" || bad "helm lint: $(cat "$WORK/lint.txt")"
 server=$(kubectl version -o json | python3 -c 'import json,sys; v=json.load(sys.stdin)["serverVersion"]; print(v["gitVersion"])')
+# Helm 3 and Helm 4 both lint it strictly and render the same objects.
+for h in helm helm4; do
+  "$h" lint --strict charts/vaultkeeper --set operator.vault.address="$VAULT_ADDR" >"$WORK/lint-$h.txt" 2>&1 \
+    && ok "$h ($("$h" version --short)) lint --strict" || bad "$h lint: $(cat "$WORK/lint-$h.txt")"
+  "$h" template $RELEASE charts/vaultkeeper -n $REL_NS --kube-version "$server" --set operator.vault.address="$VAULT_ADDR" \
+    | grep -v '^# Source: ' >"$WORK/chart-$h.yaml" || bad "$h template failed"
+done
+python3 -c '
+import sys, yaml
+a, b = ([d for d in yaml.safe_load_all(open(f)) if d] for f in sys.argv[1:])
+sys.exit(0 if a == b else 1)' "$WORK/chart-helm.yaml" "$WORK/chart-helm4.yaml" \
+  && ok "helm 3 and helm 4 render the same objects ($(grep -c '^kind:' "$WORK/chart-helm.yaml"))" || bad "helm 3 and helm 4 render differently: $(diff "$WORK/chart-helm.yaml" "$WORK/chart-helm4.yaml" | head -5)"
 render() { "$HELM" template $RELEASE charts/vaultkeeper -n $REL_NS --kube-version "$server" "$@"; }
 render --set operator.vault.address="$VAULT_ADDR" >"$WORK/chart.yaml" && ok "helm template with the defaults and a Vault address" || bad "helm template failed"
 out=$(render 2>&1 || true)

