@@ -91,24 +91,15 @@ install_kwok() {
   step "kwok built in $((SECONDS - t))s"
 }
 
+# install_helm VERSION: Helm 3 and Helm 4 both, the chart is linted and rendered with each
+# (e2e/chart.sh).
 install_helm() {
-  local out=$CACHE/helm-$HELM_VERSION
+  local version=$1 out=$CACHE/helm-$1
   if [ -x "$out/helm" ]; then return; fi
   local t=$SECONDS
-  step "building helm $HELM_VERSION"
+  step "building helm $version"
   mkdir -p "$out"
-  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  step "helm built in $((SECONDS - t))s"
-}
-
-# Helm 4 as well: the chart is linted and rendered with both (e2e/chart.sh).
-install_helm4() {
-  local out=$CACHE/helm-$HELM4_VERSION
-  if [ -x "$out/helm" ]; then return; fi
-  local t=$SECONDS
-  step "building helm $HELM4_VERSION"
-  mkdir -p "$out"
-  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION"
+  run_logged "$out/install.log" env GOBIN="$out" GOFLAGS= go install -trimpath -ldflags "-s -w" "helm.sh/helm/${version%%.*}/cmd/helm@$version"
   step "helm built in $((SECONDS - t))s"
 }
 
@@ -148,8 +139,8 @@ install_postgres() {
 install_kubernetes
 install_etcd
 install_kwok
-install_helm
-install_helm4
+install_helm "$HELM_VERSION"
+install_helm "$HELM4_VERSION"
 install_toxiproxy
 install_openbao
 install_postgres
