@@ -21,6 +21,8 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 METRICS_PORT=$(free_port)
 HELM=$(command -v helm)
 OP_PID=
+# The checks below read YAML with PyYAML.
+python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml
 trap 'kubectl -n $NS delete dcred,vcert --all --wait=true --timeout=30s >/dev/null 2>&1; [ -n "$OP_PID" ] && kill $OP_PID 2>/dev/null; true' EXIT
 
 # --- the chart renders, and says what is missing -------------------------------------------------
@@ -52,7 +54,6 @@ import sys, yaml
 want = set(sys.argv[1].split(","))
 docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d and d["kind"] in want]
 print(yaml.safe_dump_all(docs))' "$1" "$WORK/chart.yaml"; }
-python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml
 keep=$(kinds CustomResourceDefinition | grep -c 'helm.sh/resource-policy: keep')
 [ "$keep" = 3 ] && ok "the three CRDs are kept on uninstall" || bad "CRDs kept: $keep"
 python3 -c '
