@@ -14,6 +14,9 @@ OPENBAO_VERSION=2.7.2
 HELM_VERSION=v3.22.0
 HELM4_VERSION=v4.3.1
 TOXIPROXY_VERSION=v2.12.0
+# kubelet and kube-proxy make the real node (e2e/stack/node.py); they share the wrapper module and its
+# build cache with the control plane.
+K8S_PROGRAMS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
 
 CACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}
 BIN=$CACHE/bin
@@ -33,7 +36,9 @@ run_logged() { # run_logged LOG CMD... : keeps the output, shows its tail on fai
 
 install_kubernetes() {
   local out=$CACHE/kubernetes-$K8S_VERSION
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then return; fi
+  local b missing=
+  for b in $K8S_PROGRAMS; do [ -x "$out/$b" ] || missing=1; done
+  if [ -z "$missing" ]; then return; fi
   local t=$SECONDS wrap=$out/wrapper minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   step "building Kubernetes $K8S_VERSION (about 10 minutes on 2 cores)"
   mkdir -p "$wrap"
@@ -47,7 +52,8 @@ install_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/k8s.io/.*#replace \1 => \1 v0.'"$minor.${K8S_VERSION##*.}"'#p' "$gomod"
   } >"$wrap/go.mod"
   printf 'package main\n' >"$wrap/main.go"
-  local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  local pkgs
+  pkgs=$(for b in $K8S_PROGRAMS; do echo "k8s.io/kubernetes/cmd/$b"; done)
   local v ldflags="-s -w"
   for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags="$ldflags -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
@@ -136,7 +142,14 @@ install_postgres() {
   apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
 }
 
+install_node_packages() { # the real node's container runtime and network plugins, from Debian
+  if command -v runc >/dev/null && command -v containerd >/dev/null && [ -x /usr/lib/cni/bridge ]; then return; fi
+  step "installing runc, containerd and the CNI plugins from Debian"
+  apt-get update -qq && apt-get install -y -qq runc containerd containernetworking-plugins >/dev/null
+}
+
 install_kubernetes
+install_node_packages
 install_etcd
 install_kwok
 install_helm "$HELM_VERSION"
@@ -145,7 +158,7 @@ install_toxiproxy
 install_openbao
 install_postgres
 
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf "$CACHE/kubernetes-$K8S_VERSION/$b" "$BIN/$b"; done
+for b in $K8S_PROGRAMS; do ln -sf "$CACHE/kubernetes-$K8S_VERSION/$b" "$BIN/$b"; done
 ln -sf "$CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
