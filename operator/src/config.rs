@@ -103,6 +103,36 @@ pub struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "VAULTKEEPER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// The injection webhook's MutatingWebhookConfiguration. When set, the operator issues and
+    /// rotates the webhook's serving certificate (from a CA of its own) and writes that CA into the
+    /// configuration's `caBundle`. Empty: the certificate comes from elsewhere (cert-manager, yours).
+    #[arg(long, env = "VAULTKEEPER_WEBHOOK_CONFIGURATION", default_value = "")]
+    pub webhook_configuration: String,
+
+    /// The webhook's Service in the operator's namespace; the serving certificate names it.
+    #[arg(
+        long,
+        env = "VAULTKEEPER_WEBHOOK_SERVICE",
+        default_value = "vaultkeeper-webhook"
+    )]
+    pub webhook_service: String,
+
+    /// The Secret the serving certificate is written to (the webhook pods mount it).
+    #[arg(
+        long,
+        env = "VAULTKEEPER_WEBHOOK_TLS_SECRET",
+        default_value = "vaultkeeper-webhook-tls"
+    )]
+    pub webhook_tls_secret: String,
+
+    /// The Secret of the CA that signs it (only the operator reads it).
+    #[arg(
+        long,
+        env = "VAULTKEEPER_WEBHOOK_CA_SECRET",
+        default_value = "vaultkeeper-webhook-ca"
+    )]
+    pub webhook_ca_secret: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -125,6 +155,17 @@ pub struct ConnectionSpec {
 pub const DEFAULT_CONNECTION: &str = "default";
 
 impl Args {
+    /// Where the webhook's serving certificate lives, when the operator manages it.
+    pub fn webhook_tls(&self) -> Option<crate::webhook_tls::Names> {
+        (!self.webhook_configuration.is_empty()).then(|| crate::webhook_tls::Names {
+            namespace: self.namespace.clone(),
+            service: self.webhook_service.clone(),
+            ca_secret: self.webhook_ca_secret.clone(),
+            tls_secret: self.webhook_tls_secret.clone(),
+            configuration: self.webhook_configuration.clone(),
+        })
+    }
+
     /// All connections: `default` from the flags plus those of the connections file.
     pub fn connections(&self) -> anyhow::Result<BTreeMap<String, ConnectionSpec>> {
         let mut all = BTreeMap::new();

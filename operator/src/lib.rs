@@ -22,3 +22,4 @@ pub mod supervise;
 pub mod template;
 pub mod vault_api;
 pub mod vault_secret;
+pub mod webhook_tls;

@@ -17,7 +17,7 @@ use vaultkeeper_operator::identity::{Connection, Identities};
 use vaultkeeper_operator::metrics::Metrics;
 use vaultkeeper_operator::{
     certificate, dynamic_credential, http, leader, lease_tokens, managed, operator_key, restart,
-    supervise, vault_secret,
+    supervise, vault_secret, webhook_tls,
 };
 
 #[tokio::main]
@@ -206,6 +206,8 @@ async fn main() -> anyhow::Result<()> {
         dc_deleted_rx,
         stopped(stop_rx.clone()),
     ));
+    let webhook_tls = args.webhook_tls();
+    let (client_for_tls, watch_client_for_tls) = (ctx.client.clone(), ctx.watch_client.clone());
     let cert_controller = tokio::spawn(certificate::run(
         ctx,
         cert_writer,
@@ -222,8 +224,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let [vs_watch, dc_watch, cert_watch] = watches;
-    // The controllers first: at shutdown they finish their reconciles, the watches are aborted.
-    let mut tasks = [
+    // The controllers first: at shutdown they finish their reconciles, the rest is aborted.
+    let mut tasks = vec![
         ("VaultSecret", controller),
         ("DynamicCredential", dc_controller),
         ("CertificateRequest", cert_controller),
@@ -231,6 +233,16 @@ async fn main() -> anyhow::Result<()> {
         ("DynamicCredential Secret watch", dc_watch),
         ("CertificateRequest Secret watch", cert_watch),
     ];
+    if let Some(names) = webhook_tls {
+        tasks.push((
+            "webhook serving certificate",
+            tokio::spawn(webhook_tls::run(
+                client_for_tls,
+                watch_client_for_tls,
+                names,
+            )),
+        ));
+    }
     let stop = supervise::first_stop(&mut shutdown, lost, &mut tasks, &ready_when_filled).await;
     match &stop {
         Stop::Signal => tracing::info!("shutting down"),
@@ -246,14 +258,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let [vs, dc, cert, watches @ ..] = tasks;
+    let others = tasks.split_off(3);
     // A task first_stop saw finish must not be awaited again.
-    for (_, task) in [vs, dc, cert] {
+    for (_, task) in tasks {
         if !task.is_finished() {
             let _ = task.await;
         }
     }
-    watches.iter().for_each(|(_, w)| w.abort());
+    others.iter().for_each(|(_, w)| w.abort());
     if let Some(leader) = leadership {
         leader.release().await;
     }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use vaultkeeper_webhook::config::Args;
 use vaultkeeper_webhook::metrics::Metrics;
 use vaultkeeper_webhook::server;
-use vaultkeeper_webhook::tls::ReloadingCert;
+use vaultkeeper_webhook::tls::{ReloadingCert, TlsError};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,11 +19,6 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let config = Arc::new(args.webhook_config()?);
     let metrics = Arc::new(Metrics::default());
-
-    let cert = ReloadingCert::load(&args.cert_file, &args.key_file)
-        .context("failed to load the serving certificate")?;
-    let tls = Arc::new(cert.server_config()?);
-    tokio::spawn(cert.clone().watch(args.cert_reload_interval));
 
     let (stop, stopped) = watch::channel(false);
     let wait = move || {
@@ -48,6 +43,35 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
+    // The serving certificate may not be there yet on a first install (the operator writes it
+    // and the kubelet then fills the Secret volume): wait for it, live but not ready, instead of
+    // crash-looping. A certificate that is there but broken fails start-up.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut waiting_logged = false;
+    let cert = loop {
+        match ReloadingCert::load(&args.cert_file, &args.key_file) {
+            Ok(cert) => break cert,
+            Err(TlsError::Read { path, error }) if error.kind() == std::io::ErrorKind::NotFound => {
+                if !waiting_logged {
+                    tracing::info!(path = %path.display(), "waiting for the serving certificate to appear");
+                    waiting_logged = true;
+                }
+            }
+            Err(error) => return Err(error).context("failed to load the serving certificate"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.cert_reload_interval) => {}
+            _ = &mut shutdown => {
+                tracing::info!("shutting down before the serving certificate appeared");
+                let _ = stop.send(true);
+                return Ok(());
+            }
+        }
+    };
+    let tls = Arc::new(cert.server_config()?);
+    tokio::spawn(cert.clone().watch(args.cert_reload_interval));
+
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("failed to bind {}", args.addr))?;
@@ -55,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let app = server::router(config, metrics);
     let main_server = tokio::spawn(server::serve_tls(listener, tls, app, wait()));
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     main_server.await.context("the TLS server task failed")?;

@@ -27,6 +27,19 @@ app.kubernetes.io/name: vaultkeeper-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- define "vaultkeeper.webhook.name" -}}
+{{- printf "%s-webhook" (include "vaultkeeper.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "vaultkeeper.webhook.selector" -}}
+app.kubernetes.io/name: vaultkeeper-webhook
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vaultkeeper.webhook.tlsSecret" -}}
+{{- .Values.webhook.tls.secretName | default (printf "%s-tls" (include "vaultkeeper.webhook.name" .)) -}}
+{{- end -}}
+
 {{- define "vaultkeeper.image" -}}
 {{- $registry := .root.Values.image.registry -}}
 {{- $tag := .image.tag | default .root.Chart.AppVersion -}}
