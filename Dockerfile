@@ -5,6 +5,8 @@
 #   docker build --target webhook  -t vaultkeeper-webhook .
 #   docker build --target agent    -t vaultkeeper-agent .
 #
+# (always name a target: the last stage, `dev`, is the Tiltfile's.)
+#
 # Each image is one static binary on an empty base (glibc linked statically; DNS goes through the
 # Rust resolver of the Vault client, so no NSS module is needed), the CA bundle, and a numeric
 # non-root user.
@@ -47,8 +49,15 @@ LABEL org.opencontainers.image.title="vaultkeeper-webhook"
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/vaultkeeper-webhook /vaultkeeper-webhook
 ENTRYPOINT ["/vaultkeeper-webhook"]
 
-# Last, so that a plain `docker build .` gives the operator.
+# Before the dev stage, `docker build --target operator` gives the operator.
 FROM base AS operator
 LABEL org.opencontainers.image.title="vaultkeeper-operator"
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/release/vaultkeeper-operator /vaultkeeper-operator
 ENTRYPOINT ["/vaultkeeper-operator"]
+
+# For the Tiltfile's development loop only: a binary built on the host, on busybox (Tilt's live
+# update copies files with tar and restarts the process through its wrapper, both need a shell).
+FROM busybox:1.37 AS dev
+ARG BINARY
+COPY --chown=65532:65532 target/x86_64-unknown-linux-gnu/release/${BINARY} /app/${BINARY}
+USER 65532:65532

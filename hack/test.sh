@@ -28,6 +28,10 @@ bash hack/images.sh
 echo "== installing the local stack (cached; about 8 minutes cold)"
 bash e2e/stack/install.sh
 
+echo "== the Tiltfile evaluates and names only what exists (Starlark, without Tilt or Docker)"
+python3 -c 'import starlark' 2>/dev/null || pip install -q starlark-pyo3
+python3 hack/check-tiltfile.py "${VK_CACHE:-$HOME/.cache/vaultkeeper}/bin/helm"
+
 echo "== real-stack tests"
 cargo build -q -p vaultkeeper-operator -p vaultkeeper-agent -p vaultkeeper-webhook
 python3 e2e/stack/stack.py down --state-dir target/stack
