@@ -283,5 +283,71 @@ eventually 30 bash -c "[ -z \"\$(kubectl -n $REL_NS get secret $WH-tls $WH-ca -o
 sleep 3
 [ -z "$(kubectl -n $REL_NS get secret $WH-tls $WH-ca -o name --ignore-not-found)" ] \
   && ok "the running operator does not issue them again without the configuration" || bad "the operator re-created the webhook's Secrets"
+# --- the namespaced install mode: Roles in the watched namespaces, nothing cluster-wide -------------
+kill $OP_PID 2>/dev/null; wait $OP_PID 2>/dev/null || true; OP_PID=
+NS_REL=chart-ns-system; NS_A=chart-ns-a; NS_B=chart-ns-b; NS_SA=vkns-vaultkeeper-operator
+"$HELM" template vkns charts/vaultkeeper -n $NS_REL --kube-version "$server" --set vault.address="$VAULT_ADDR" \
+  --set "operator.watchNamespaces={$NS_A,$NS_B}" --set webhook.enabled=false >"$WORK/chart-ns.yaml"
+python3 -c '
+import sys, yaml
+kinds = [d["kind"] for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+sys.exit(1 if "ClusterRole" in kinds or "ClusterRoleBinding" in kinds or kinds.count("Role") != 3 else 0)' "$WORK/chart-ns.yaml" \
+  && ok "the namespaced mode renders Roles in the two watched namespaces and its own, and no ClusterRole" || bad "namespaced RBAC: $(grep '^kind:' "$WORK/chart-ns.yaml" | sort | uniq -c | tr '\n' ' ')"
+for n in $NS_REL $NS_A $NS_B; do kubectl create namespace $n >/dev/null; done
+for n in $NS_A $NS_B; do kubectl -n $n create serviceaccount web >/dev/null; done
+python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+print(yaml.safe_dump_all(docs))' "$WORK/chart-ns.yaml" | kubectl apply -f - >/dev/null && ok "the namespaced RBAC applies" || bad "namespaced RBAC does not apply"
+NS_ARGS=$(python3 -c '
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "Deployment":
+        print(" ".join(a for a in d["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--watch-namespaces")))' "$WORK/chart-ns.yaml")
+[ "$NS_ARGS" = "--watch-namespaces=$NS_A,$NS_B" ] && ok "the chart gives the operator $NS_ARGS" || bad "watch flag: $NS_ARGS"
+ns_token=$(kubectl -n $NS_REL create token $NS_SA --duration=1h)
+NS_KUBECONFIG=$WORK/operator-ns.kubeconfig
+cp "$SA_KUBECONFIG" "$NS_KUBECONFIG"
+KUBECONFIG=$NS_KUBECONFIG kubectl config set-credentials operator --token="$ns_token" >/dev/null
+as_ns_operator() { KUBECONFIG=$NS_KUBECONFIG kubectl "$@"; }
+bao write auth/kubernetes/role/chart bound_service_account_names=web bound_service_account_namespaces="$NS,$NS_A,$NS_B" \
+  policies=chart token_period=1h >/dev/null
+NS_LOG=$VK_STACK_DIR/logs/operator-chart-ns.log
+NS_METRICS=$(free_port)
+KUBECONFIG=$NS_KUBECONFIG "$BUILD_DIR/vaultkeeper-operator" --namespace $NS_REL --vault-addr "$VAULT_ADDR" \
+  --metrics-addr "127.0.0.1:$NS_METRICS" --identity chart-ns-op $NS_ARGS >"$NS_LOG" 2>&1 &
+OP_PID=$!
+eventually 60 curl -sf "127.0.0.1:$NS_METRICS/readyz" >/dev/null && ok "the operator is ready with Roles only" || bad "the namespaced operator never became ready: $(tail -n 5 "$NS_LOG")"
+for n in $NS_A $NS_B; do
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: vaultkeeper.dev/v1alpha1
+kind: VaultSecret
+metadata: {name: config, namespace: $n}
+spec:
+  auth: {role: chart, serviceAccountName: web}
+  source: {engine: kv-v2, mount: secret, path: chart/config}
+  refreshInterval: 10s
+  destination: {name: config}
+EOF
+done
+for n in $NS_A $NS_B; do
+  eventually 60 bash -c "[ \"\$(kubectl -n $n get secret config -o jsonpath='{.data.password}' 2>/dev/null | base64 -d)\" = chart-two ]" \
+    && ok "a VaultSecret in the watched namespace $n is synced" || bad "$n not synced: $(kubectl -n $n get vsec config -o jsonpath='{.status.conditions}')"
+done
+# A namespace it does not watch is not its business: a change there stays unsynced.
+bao kv put secret/chart/config password=chart-three >/dev/null
+eventually 30 bash -c "[ \"\$(kubectl -n $NS_A get secret config -o jsonpath='{.data.password}' | base64 -d)\" = chart-three ]" \
+  && ok "a KV change reaches the watched namespace" || bad "the change did not reach $NS_A"
+[ "$(kubectl -n $NS get secret config -o jsonpath='{.data.password}' | base64 -d)" = chart-two ] \
+  && ok "the VaultSecret of the unwatched namespace $NS is left alone" || bad "the namespaced operator synced $NS"
+for denied in "get secrets -n $NS" "list secrets --all-namespaces" "list vaultsecrets --all-namespaces" "get vaultsecrets -n $NS" \
+  "create serviceaccounts --subresource=token -n $NS" "patch deployments -n $NS"; do
+  answer=$(as_ns_operator auth can-i $denied 2>/dev/null || true)
+  [ "$answer" = no ] && ok "the namespaced operator may not $denied" || bad "the namespaced operator may $denied ($answer)"
+done
+[ "$(as_ns_operator auth can-i get secrets -n $NS_A 2>/dev/null || true)" = yes ] && ok "the namespaced operator may read Secrets where it watches" || bad "no Secret access in $NS_A"
+contains -i 'forbidden' "$NS_LOG" && bad "forbidden in the namespaced operator's log: $(grep -i forbidden "$NS_LOG" | head -2)" || ok "nothing forbidden in the namespaced operator's log"
+kill $OP_PID 2>/dev/null; wait $OP_PID 2>/dev/null || true; OP_PID=
+
 echo "chart e2e: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

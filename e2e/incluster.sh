@@ -144,7 +144,7 @@ metadata: {name: config, namespace: $NS}
 spec:
   auth: {role: incluster, serviceAccountName: app}
   source: {engine: kv-v2, mount: secret, path: incluster/config}
-  refreshInterval: 5s
+  refreshInterval: 10s
   destination: {name: config}
   restartTargets: [{kind: Deployment, name: web}]
 ---

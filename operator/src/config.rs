@@ -104,6 +104,11 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Watch only these namespaces (comma separated) instead of the whole cluster: the namespaced
+    /// install mode, whose RBAC is Roles in these namespaces (and the operator's own).
+    #[arg(long, env = "VAULTKEEPER_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+
     /// The injection webhook's MutatingWebhookConfiguration. When set, the operator issues and
     /// rotates the webhook's serving certificate (from a CA of its own) and writes that CA into the
     /// configuration's `caBundle`. Empty: the certificate comes from elsewhere (cert-manager, yours).

@@ -4,15 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
 use tokio::sync::Semaphore;
 
 use crate::identity::Identities;
 use crate::lease_tokens::LeaseTokens;
 use crate::metrics::Metrics;
 use crate::restart::Orchestrator;
+use crate::scope::ManagedSecrets;
 
 pub struct Context {
     /// For requests: every answer comes within the operator's Kubernetes timeout or fails.
@@ -23,11 +22,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Secrets of VaultSecrets only (label selector), without managedFields.
-    pub secrets: Store<Secret>,
+    pub secrets: ManagedSecrets,
     /// Secrets of DynamicCredentials only.
-    pub dc_secrets: Store<Secret>,
+    pub dc_secrets: ManagedSecrets,
     /// Secrets of CertificateRequests only.
-    pub cert_secrets: Store<Secret>,
+    pub cert_secrets: ManagedSecrets,
     /// Key of the data HMACs.
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
@@ -50,9 +49,9 @@ impl Context {
         identities: Identities,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        secrets: Store<Secret>,
-        dc_secrets: Store<Secret>,
-        cert_secrets: Store<Secret>,
+        secrets: impl Into<ManagedSecrets>,
+        dc_secrets: impl Into<ManagedSecrets>,
+        cert_secrets: impl Into<ManagedSecrets>,
         hmac_key: Vec<u8>,
         refresh_concurrency: usize,
         lease_tokens: LeaseTokens,
@@ -64,9 +63,9 @@ impl Context {
             identities,
             recorder,
             metrics,
-            secrets,
-            dc_secrets,
-            cert_secrets,
+            secrets: secrets.into(),
+            dc_secrets: dc_secrets.into(),
+            cert_secrets: cert_secrets.into(),
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
             lease_tokens,

@@ -18,6 +18,7 @@ pub mod operator_key;
 pub mod report;
 pub mod restart;
 pub mod retirement;
+pub mod scope;
 pub mod supervise;
 pub mod template;
 pub mod vault_api;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use vault::{VaultClient, VaultConfig};
@@ -15,6 +16,7 @@ use vaultkeeper_operator::config::Args;
 use vaultkeeper_operator::context::Context;
 use vaultkeeper_operator::identity::{Connection, Identities};
 use vaultkeeper_operator::metrics::Metrics;
+use vaultkeeper_operator::scope::{ManagedSecrets, Scope};
 use vaultkeeper_operator::{
     certificate, dynamic_credential, http, leader, lease_tokens, managed, operator_key, restart,
     supervise, vault_secret, webhook_tls,
@@ -41,11 +43,18 @@ async fn main() -> anyhow::Result<()> {
     request_config.reset_reader_on_write = true;
     let client =
         kube::Client::try_from(request_config).context("failed to build a Kubernetes client")?;
-    // The controllers' caches of their resources; the certificate gauges read theirs at scrape time.
-    let (_, vs_writer) = kube::runtime::reflector::store();
-    let (_, dc_writer) = kube::runtime::reflector::store();
-    let (cert_resources, cert_writer) = kube::runtime::reflector::store();
-    let metrics = Arc::new(Metrics::with_certificates(cert_resources));
+    // Every namespace, or those of --watch-namespaces, each with its own caches and controllers.
+    let scopes: Vec<Scoped> = Scope::from_list(&args.watch_namespaces)
+        .into_iter()
+        .map(Scoped::new)
+        .collect();
+    for scoped in &scopes {
+        tracing::info!(scope = %scoped.scope, "watching");
+    }
+    // The certificate gauges read the controllers' caches at scrape time.
+    let metrics = Arc::new(Metrics::with_certificates(
+        scopes.iter().map(|s| s.cert_resources.clone()).collect(),
+    ));
     let mut connections = BTreeMap::new();
     for (name, spec) in args.connections()? {
         let ca_pem = match &spec.ca_file {
@@ -93,12 +102,19 @@ async fn main() -> anyhow::Result<()> {
     let recorder = Recorder::new(client.clone(), reporter);
     // Each controller has the Secrets it manages (by label) in its own cache. The caches are
     // filled by their own tasks once this replica leads, and the controllers start after that.
-    let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
-    let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store_shared(1024);
-    let (cert_secrets, cert_secret_writer) = kube::runtime::reflector::store_shared(1024);
-    let vs_changes = secret_writer.subscribe().expect("a shared store");
-    let dc_changes = dc_secret_writer.subscribe().expect("a shared store");
-    let cert_changes = cert_secret_writer.subscribe().expect("a shared store");
+    let managed = |pick: fn(&Scoped) -> &kube::runtime::reflector::Store<_>| {
+        ManagedSecrets::new(
+            scopes
+                .iter()
+                .map(|s| (s.scope.clone(), pick(s).clone()))
+                .collect(),
+        )
+    };
+    let (secrets, dc_secrets, cert_secrets) = (
+        managed(|s| &s.secrets),
+        managed(|s| &s.dc_secrets),
+        managed(|s| &s.cert_secrets),
+    );
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
     let ctx = Arc::new(
@@ -107,9 +123,9 @@ async fn main() -> anyhow::Result<()> {
             identities,
             recorder,
             metrics.clone(),
-            secrets.clone(),
-            dc_secrets.clone(),
-            cert_secrets.clone(),
+            secrets,
+            dc_secrets,
+            cert_secrets,
             hmac_key,
             args.refresh_concurrency,
             lease_tokens,
@@ -151,38 +167,63 @@ async fn main() -> anyhow::Result<()> {
     }
 
     ready.store(false, Ordering::Relaxed);
-    let (vs_deleted, vs_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dc_deleted, dc_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (cert_deleted, cert_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watches = [
-        tokio::spawn(managed::reflect(
-            ctx.watch_client.clone(),
-            vault_secret::desired::OWNER_LABEL,
-            secret_writer,
-            vs_deleted,
-        )),
-        tokio::spawn(managed::reflect(
-            ctx.watch_client.clone(),
-            dynamic_credential::desired::OWNER_LABEL,
-            dc_secret_writer,
-            dc_deleted,
-        )),
-        tokio::spawn(managed::reflect(
-            ctx.watch_client.clone(),
-            certificate::desired::OWNER_LABEL,
-            cert_secret_writer,
-            cert_deleted,
-        )),
-    ];
+    // The watches of managed Secrets first; the controllers once every cache is filled.
+    let mut watches: Vec<(String, tokio::task::JoinHandle<()>)> = vec![];
+    let mut starts = vec![];
+    for scoped in scopes {
+        let (vs_deleted, vs_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (dc_deleted, dc_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (cert_deleted, cert_deleted_rx) = tokio::sync::mpsc::unbounded_channel();
+        let scope = scoped.scope.clone();
+        let reflect = |label, writer, deleted| {
+            tokio::spawn(managed::reflect(
+                ctx.watch_client.clone(),
+                scope.clone(),
+                label,
+                writer,
+                deleted,
+            ))
+        };
+        watches.push((
+            format!("VaultSecret Secret watch ({scope})"),
+            reflect(
+                vault_secret::desired::OWNER_LABEL,
+                scoped.secret_writer,
+                vs_deleted,
+            ),
+        ));
+        watches.push((
+            format!("DynamicCredential Secret watch ({scope})"),
+            reflect(
+                dynamic_credential::desired::OWNER_LABEL,
+                scoped.dc_secret_writer,
+                dc_deleted,
+            ),
+        ));
+        watches.push((
+            format!("CertificateRequest Secret watch ({scope})"),
+            reflect(
+                certificate::desired::OWNER_LABEL,
+                scoped.cert_secret_writer,
+                cert_deleted,
+            ),
+        ));
+        starts.push((
+            scope,
+            (scoped.vs_writer, scoped.vs_changes, vs_deleted_rx),
+            (scoped.dc_writer, scoped.dc_changes, dc_deleted_rx),
+            (scoped.cert_writer, scoped.cert_changes, cert_deleted_rx),
+        ));
+    }
     tokio::select! {
         _ = async {
-            let _ = secrets.wait_until_ready().await;
-            let _ = dc_secrets.wait_until_ready().await;
-            let _ = cert_secrets.wait_until_ready().await;
+            ctx.secrets.wait_until_ready().await;
+            ctx.dc_secrets.wait_until_ready().await;
+            ctx.cert_secrets.wait_until_ready().await;
         } => tracing::info!("caches filled"),
         _ = &mut shutdown => {
             tracing::info!("shutting down");
-            watches.iter().for_each(|w| w.abort());
+            watches.iter().for_each(|(_, w)| w.abort());
             if let Some(leader) = leadership {
                 leader.release().await;
             }
@@ -192,29 +233,52 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     ready_when_filled.store(true, Ordering::Relaxed);
-    let controller = tokio::spawn(vault_secret::run(
-        ctx.clone(),
-        vs_writer,
-        vs_changes,
-        vs_deleted_rx,
-        stopped(stop_rx.clone()),
-    ));
-    let dc_controller = tokio::spawn(dynamic_credential::run(
-        ctx.clone(),
-        dc_writer,
-        dc_changes,
-        dc_deleted_rx,
-        stopped(stop_rx.clone()),
-    ));
     let webhook_tls = args.webhook_tls();
     let (client_for_tls, watch_client_for_tls) = (ctx.client.clone(), ctx.watch_client.clone());
-    let cert_controller = tokio::spawn(certificate::run(
-        ctx,
-        cert_writer,
-        cert_changes,
-        cert_deleted_rx,
-        stopped(stop_rx),
-    ));
+    // The controllers first: at shutdown they finish their reconciles, the rest is aborted.
+    let mut tasks: Vec<(String, tokio::task::JoinHandle<()>)> = vec![];
+    for (
+        scope,
+        (vs_writer, vs_changes, vs_deleted),
+        (dc_writer, dc_changes, dc_deleted),
+        (cert_writer, cert_changes, cert_deleted),
+    ) in starts
+    {
+        tasks.push((
+            format!("VaultSecret ({scope})"),
+            tokio::spawn(vault_secret::run(
+                ctx.clone(),
+                scope.clone(),
+                vs_writer,
+                vs_changes,
+                vs_deleted,
+                stopped(stop_rx.clone()),
+            )),
+        ));
+        tasks.push((
+            format!("DynamicCredential ({scope})"),
+            tokio::spawn(dynamic_credential::run(
+                ctx.clone(),
+                scope.clone(),
+                dc_writer,
+                dc_changes,
+                dc_deleted,
+                stopped(stop_rx.clone()),
+            )),
+        ));
+        tasks.push((
+            format!("CertificateRequest ({scope})"),
+            tokio::spawn(certificate::run(
+                ctx.clone(),
+                scope,
+                cert_writer,
+                cert_changes,
+                cert_deleted,
+                stopped(stop_rx.clone()),
+            )),
+        ));
+    }
+    drop(ctx);
     tracing::info!("controllers running");
 
     let lost = async {
@@ -223,19 +287,11 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let [vs_watch, dc_watch, cert_watch] = watches;
-    // The controllers first: at shutdown they finish their reconciles, the rest is aborted.
-    let mut tasks = vec![
-        ("VaultSecret", controller),
-        ("DynamicCredential", dc_controller),
-        ("CertificateRequest", cert_controller),
-        ("VaultSecret Secret watch", vs_watch),
-        ("DynamicCredential Secret watch", dc_watch),
-        ("CertificateRequest Secret watch", cert_watch),
-    ];
+    let controllers = tasks.len();
+    tasks.extend(watches);
     if let Some(names) = webhook_tls {
         tasks.push((
-            "webhook serving certificate",
+            "webhook serving certificate".to_owned(),
             tokio::spawn(webhook_tls::run(
                 client_for_tls,
                 watch_client_for_tls,
@@ -258,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let others = tasks.split_off(3);
+    let others = tasks.split_off(controllers);
     // A task first_stop saw finish must not be awaited again.
     for (_, task) in tasks {
         if !task.is_finished() {
@@ -305,4 +361,50 @@ fn init_tracing(args: &Args) -> anyhow::Result<()> {
         builder.init()
     }
     Ok(())
+}
+
+/// One scope's caches: its resources of each kind, and the Secrets each kind manages (shared
+/// stores, whose subscriptions tell the controller about changes).
+struct Scoped {
+    scope: Scope,
+    vs_writer: kube::runtime::reflector::store::Writer<crds::v1alpha1::VaultSecret>,
+    dc_writer: kube::runtime::reflector::store::Writer<crds::v1alpha1::DynamicCredential>,
+    cert_writer: kube::runtime::reflector::store::Writer<crds::v1alpha1::CertificateRequest>,
+    cert_resources: kube::runtime::reflector::Store<crds::v1alpha1::CertificateRequest>,
+    secrets: kube::runtime::reflector::Store<Secret>,
+    dc_secrets: kube::runtime::reflector::Store<Secret>,
+    cert_secrets: kube::runtime::reflector::Store<Secret>,
+    secret_writer: kube::runtime::reflector::store::Writer<Secret>,
+    dc_secret_writer: kube::runtime::reflector::store::Writer<Secret>,
+    cert_secret_writer: kube::runtime::reflector::store::Writer<Secret>,
+    vs_changes: kube::runtime::reflector::ReflectHandle<Secret>,
+    dc_changes: kube::runtime::reflector::ReflectHandle<Secret>,
+    cert_changes: kube::runtime::reflector::ReflectHandle<Secret>,
+}
+
+impl Scoped {
+    fn new(scope: Scope) -> Self {
+        let (_, vs_writer) = kube::runtime::reflector::store();
+        let (_, dc_writer) = kube::runtime::reflector::store();
+        let (cert_resources, cert_writer) = kube::runtime::reflector::store();
+        let (secrets, secret_writer) = kube::runtime::reflector::store_shared(1024);
+        let (dc_secrets, dc_secret_writer) = kube::runtime::reflector::store_shared(1024);
+        let (cert_secrets, cert_secret_writer) = kube::runtime::reflector::store_shared(1024);
+        Self {
+            scope,
+            vs_writer,
+            dc_writer,
+            cert_writer,
+            cert_resources,
+            secrets,
+            dc_secrets,
+            cert_secrets,
+            vs_changes: secret_writer.subscribe().expect("a shared store"),
+            dc_changes: dc_secret_writer.subscribe().expect("a shared store"),
+            cert_changes: cert_secret_writer.subscribe().expect("a shared store"),
+            secret_writer,
+            dc_secret_writer,
+            cert_secret_writer,
+        }
+    }
 }

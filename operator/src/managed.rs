@@ -53,6 +53,7 @@ pub type Deleted = tokio::sync::mpsc::UnboundedSender<(String, String)>;
 /// Shared stores do not pass deletions to subscribers, so those go to `deleted`, naming the owner.
 pub async fn reflect(
     client: kube::Client,
+    scope: crate::scope::Scope,
     owner_label: &'static str,
     writer: Writer<Secret>,
     deleted: Deleted,
@@ -63,7 +64,7 @@ pub async fn reflect(
         crds::MANAGED_BY_VALUE
     );
     watcher(
-        Api::<Secret>::all(client),
+        scope.api::<Secret>(client),
         watcher::Config::default().labels(&selector),
     )
     .default_backoff()
@@ -203,6 +204,7 @@ impl<E> ErrorPolicy<E> {
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controller<K, P, RFut>(
     ctx: Arc<Context>,
+    scope: crate::scope::Scope,
     writer: Writer<K>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
@@ -211,7 +213,7 @@ pub async fn run_controller<K, P, RFut>(
     mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
     policy: ErrorPolicy<RFut::Error>,
 ) where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -223,7 +225,7 @@ pub async fn run_controller<K, P, RFut>(
     RFut::Error: std::error::Error + Send + 'static,
 {
     let reader = writer.as_reader();
-    let resources = resources(Api::<K>::all(ctx.watch_client.clone()), writer)
+    let resources = resources(scope.api::<K>(ctx.watch_client.clone()), writer)
         .predicate_filter(predicate, Default::default());
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)

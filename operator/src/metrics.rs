@@ -131,7 +131,7 @@ impl Metrics {
 
     /// The metrics, with the certificate gauges computed at each scrape from `certificates` (the
     /// CertificateRequest controller's cache, whose statuses hold notAfter and renewalTime).
-    pub fn with_certificates(certificates: Store<CertificateRequest>) -> Self {
+    pub fn with_certificates(certificates: Vec<Store<CertificateRequest>>) -> Self {
         let mut metrics = Self::default();
         metrics
             .registry
@@ -163,7 +163,8 @@ impl Metrics {
 
 /// Certificate end and renewal times of every cached CertificateRequest, read at scrape time.
 struct CertificateCollector {
-    certificates: Store<CertificateRequest>,
+    /// One cache per watched scope.
+    certificates: Vec<Store<CertificateRequest>>,
 }
 
 impl std::fmt::Debug for CertificateCollector {
@@ -176,8 +177,8 @@ impl Collector for CertificateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut rows: Vec<(ResourceLabels, i64, Option<i64>)> = self
             .certificates
-            .state()
             .iter()
+            .flat_map(|store| store.state())
             .filter_map(|cr| {
                 let status = cr.status.as_ref()?;
                 let not_after = status.not_after.as_ref()?.0.as_second();
@@ -247,7 +248,7 @@ mod tests {
     #[test]
     fn certificate_gauges_follow_the_cache_so_deleted_resources_leave_no_series() {
         let (reader, mut writer) = kube::runtime::reflector::store();
-        let metrics = Metrics::with_certificates(reader);
+        let metrics = Metrics::with_certificates(vec![reader]);
         let a = cr("a", "2030-06-01T00:00:00Z");
         writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
         writer.apply_watcher_event(&watcher::Event::Apply(cr("b", "2031-06-01T00:00:00Z")));

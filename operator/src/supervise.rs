@@ -14,7 +14,7 @@ pub enum Stop {
     Signal,
     LostLeadership,
     /// A task ended on its own: its name, and its panic message if it panicked.
-    TaskEnded(&'static str, Option<String>),
+    TaskEnded(String, Option<String>),
 }
 
 /// Waits for the first reason to stop. A task that ended turns `ready` off before this returns,
@@ -22,10 +22,10 @@ pub enum Stop {
 pub async fn first_stop(
     shutdown: impl Future<Output = ()>,
     lost_leadership: impl Future<Output = ()>,
-    tasks: &mut [(&'static str, JoinHandle<()>)],
+    tasks: &mut [(String, JoinHandle<()>)],
     ready: &AtomicBool,
 ) -> Stop {
-    let names: Vec<&'static str> = tasks.iter().map(|(name, _)| *name).collect();
+    let names: Vec<String> = tasks.iter().map(|(name, _)| name.clone()).collect();
     let ended = async {
         if tasks.is_empty() {
             return std::future::pending().await;
@@ -37,7 +37,7 @@ pub async fn first_stop(
         _ = lost_leadership => Stop::LostLeadership,
         (result, index, _) = ended => {
             ready.store(false, Ordering::Relaxed);
-            Stop::TaskEnded(names[index], result.err().map(|e| e.to_string()))
+            Stop::TaskEnded(names[index].clone(), result.err().map(|e| e.to_string()))
         }
     }
 }
@@ -55,15 +55,15 @@ mod tests {
     async fn a_task_that_panics_ends_readiness_and_names_itself() {
         let ready = AtomicBool::new(true);
         let mut tasks = [
-            ("VaultSecret", forever()),
+            ("VaultSecret".to_owned(), forever()),
             (
-                "DynamicCredential",
+                "DynamicCredential".to_owned(),
                 tokio::spawn(async { panic!("overflow in a reconcile") }),
             ),
         ];
         let stop = first_stop(pending(), pending(), &mut tasks, &ready).await;
         match stop {
-            Stop::TaskEnded("DynamicCredential", Some(message)) => {
+            Stop::TaskEnded(name, Some(message)) if name == "DynamicCredential" => {
                 assert!(message.contains("overflow in a reconcile"), "{message}")
             }
             other => panic!("{other:?}"),
@@ -75,13 +75,16 @@ mod tests {
     async fn a_task_that_returns_early_ends_readiness_too() {
         let ready = AtomicBool::new(true);
         let mut tasks = [
-            ("CertificateRequest Secret watch", tokio::spawn(async {})),
-            ("VaultSecret", forever()),
+            (
+                "CertificateRequest Secret watch".to_owned(),
+                tokio::spawn(async {}),
+            ),
+            ("VaultSecret".to_owned(), forever()),
         ];
         let stop = first_stop(pending(), pending(), &mut tasks, &ready).await;
         assert_eq!(
             stop,
-            Stop::TaskEnded("CertificateRequest Secret watch", None)
+            Stop::TaskEnded("CertificateRequest Secret watch".to_owned(), None)
         );
         assert!(!ready.load(Ordering::Relaxed));
     }
@@ -89,7 +92,7 @@ mod tests {
     #[tokio::test]
     async fn a_signal_or_a_lost_lease_stops_without_blaming_a_task() {
         let ready = AtomicBool::new(true);
-        let mut tasks = [("VaultSecret", forever())];
+        let mut tasks = [("VaultSecret".to_owned(), forever())];
         let stop = first_stop(async {}, pending(), &mut tasks, &ready).await;
         assert_eq!(stop, Stop::Signal);
         let stop = first_stop(pending(), async {}, &mut tasks, &ready).await;

@@ -61,3 +61,25 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* The operator's rules in the namespaces it watches (a ClusterRole, or a Role in each). */}}
+{{- define "vaultkeeper.operator.rules" -}}
+- apiGroups: [vaultkeeper.dev]
+  resources: [vaultsecrets, dynamiccredentials, certificaterequests]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [vaultkeeper.dev]
+  resources: [vaultsecrets/status, dynamiccredentials/status, certificaterequests/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

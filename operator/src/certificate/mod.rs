@@ -117,6 +117,7 @@ impl Error {
 /// (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    scope: crate::scope::Scope,
     resources: kube::runtime::reflector::store::Writer<CertificateRequest>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
@@ -125,6 +126,7 @@ pub async fn run(
     // Spec and finalizer changes trigger; status and label changes do not.
     crate::managed::run_controller(
         ctx,
+        scope,
         resources,
         secrets,
         deleted,

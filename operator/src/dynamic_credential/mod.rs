@@ -147,6 +147,7 @@ impl Error {
 /// (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    scope: crate::scope::Scope,
     resources: kube::runtime::reflector::store::Writer<DynamicCredential>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
@@ -155,6 +156,7 @@ pub async fn run(
     // Spec and finalizer changes trigger; status-only updates do not.
     crate::managed::run_controller(
         ctx,
+        scope,
         resources,
         secrets,
         deleted,

@@ -108,6 +108,7 @@ impl Error {
 /// `secrets` tells about changes of the Secrets in `ctx.secrets` (filled before this starts).
 pub async fn run(
     ctx: Arc<Context>,
+    scope: crate::scope::Scope,
     resources: kube::runtime::reflector::store::Writer<VaultSecret>,
     secrets: ReflectHandle<Secret>,
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
@@ -116,6 +117,7 @@ pub async fn run(
     // Status-only updates (our own patches) do not change the generation and trigger nothing.
     crate::managed::run_controller(
         ctx,
+        scope,
         resources,
         secrets,
         deleted,
