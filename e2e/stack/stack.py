@@ -5,12 +5,15 @@ Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (one 
 (a real raft-backed server, initialised and unsealed here) and PostgreSQL on free loopback ports;
 writes a kubeconfig and `<state>/env`; configures OpenBao's Kubernetes auth against the API server.
 Every process it starts is recorded by PID and stopped by `down` (or by `run` on exit or signal).
+With --node it also runs a real node (node.py: containerd, kubelet, kube-proxy) and makes the API
+server, OpenBao and PostgreSQL reachable from its Pods; `down` undoes the node's host changes.
 Programs come from `e2e/stack/install.sh` (cache under ~/.cache/vaultkeeper/bin).
 """
 
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,6 +21,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import node as real_node
 
 CACHE = Path(os.environ.get("VK_CACHE", Path.home() / ".cache" / "vaultkeeper"))
 BIN = CACHE / "bin"
@@ -112,21 +117,27 @@ class Stack:
                 break
         pidfile.unlink(missing_ok=True)
 
-    def down(self) -> None:
+    def down(self) -> list:
+        """Stops everything; with a real node, returns how the host differs from before it started
+        (empty when it was restored)."""
+        node = real_node.Node(self, BIN)
+        restored = node.down()
         pg = self.state / "pg"
         if (self.pids / "postgres.pid").exists():
             subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(pg), "stop", "-m", "fast"],
                            capture_output=True)
         for name in ["kwok", "kube-scheduler", "kube-controller-manager", "bao", "kube-apiserver", "etcd", "postgres"]:
             self.stop(name)
+        return node.check() if restored else []
 
     # --- certificates --------------------------------------------------------------------
-    def pki(self) -> None:
+    def pki(self, node=None) -> None:
         d = self.state / "pki"
         d.mkdir(parents=True, exist_ok=True)
         o = lambda *a: sh("openssl", *a, cwd=d)  # noqa: E731
         o("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=vaultkeeper-test-ca")
-        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n")
+        sans = ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes.default.svc"] + (node.apiserver_sans() if node else [])
+        (d / "san.ext").write_text(f"subjectAltName={','.join(sans)}\n")
         # An extension makes the client certificate X.509 v3; rustls refuses v1 certificates.
         (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
         o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver")
@@ -135,14 +146,24 @@ class Stack:
         o("x509", "-req", "-in", "admin.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "admin.crt", "-days", "30", "-extfile", "client.ext")
         o("genrsa", "-out", "sa.key", "2048")
         o("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        if node:
+            def sign(name: str, subject: str, ext: str) -> None:
+                (d / f"{name}.ext").write_text(ext)
+                o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+                o("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt",
+                  "-days", "30", "-extfile", f"{name}.ext")
+            node.pki(sign)
 
     # --- up ------------------------------------------------------------------------------
-    def up(self) -> dict:
+    def up(self, with_node: bool = False) -> dict:
         if self.alive():
             raise RuntimeError(f"a stack is already running from {self.state}; run `down` first")
         t0 = time.monotonic()
         self.state.mkdir(parents=True, exist_ok=True)
-        self.pki()
+        real = real_node.Node(self, BIN) if with_node else None
+        if real:
+            real.claim()  # before any change to the host, so `down` knows what to restore
+        self.pki(real)
         pki = self.state / "pki"
         etcd_port, peer_port, api_port, bao_port, bao_cluster, pg_port = (free_port() for _ in range(6))
 
@@ -156,7 +177,8 @@ class Stack:
                                       f"--client-ca-file={pki}/ca.crt",
                                       "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                                       f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
-                                      "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC", "--allow-privileged=true"])
+                                      "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true"]
+                   + (real.apiserver_flags(pki) if real else ["--authorization-mode=RBAC"]))
         server = f"https://127.0.0.1:{api_port}"
         kubeconfig = self.state / "admin.kubeconfig"
         kubeconfig.write_text(json.dumps({
@@ -172,15 +194,18 @@ class Stack:
                                                "--secure-port=0", f"--service-account-private-key-file={pki}/sa.key", f"--root-ca-file={pki}/ca.crt",
                                                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach"])
         self.start("kube-scheduler", [str(BIN / "kube-scheduler"), f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0"])
-        self.start("kwok", [str(BIN / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=true", f"--config={BIN / 'kwok-stages.yaml'}"])
+        # Only the fake node: kwok would otherwise also mark the real node's Pods Ready before their
+        # containers start.
+        self.start("kwok", [str(BIN / "kwok"), f"--kubeconfig={kubeconfig}", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                            f"--config={BIN / 'kwok-stages.yaml'}"])
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": "kwok-node-0", "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {"type": "kwok"}},
                 "status": {"capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"}}}
         kubectl("apply", "-f", "-", input=json.dumps(node))
 
-        env = self.start_bao(bao_port, bao_cluster)
-        self.start_postgres(pg_port)
+        env = self.start_bao(bao_port, bao_cluster, real.ip if real else None)
+        self.start_postgres(pg_port, real.ip if real else None)
 
         wait_for("the default ServiceAccount", lambda: kubectl("-n", "default", "get", "sa", "default", "-o", "name").strip() != "")
         kubectl("create", "namespace", "vaultkeeper-system")
@@ -197,17 +222,22 @@ class Stack:
         bao("secrets", "enable", "-path=kv", "-version=1", "kv")
         wait_for("the node to be Ready", lambda: "True" in kubectl("get", "node", "kwok-node-0", "-o",
                                                                   "jsonpath={.status.conditions[?(@.type=='Ready')].status}"))
+        node_env = {}
+        if real:
+            node_env = real.up(server, pki, kubectl, free_port)
+            node_env.update({"VK_BAO_NODE_ADDR": f"http://{real.ip}:{bao_port}", "VK_PG_NODE_HOST": real.ip})
         values = {
             "VK_STACK_DIR": str(self.state), "KUBECONFIG": str(kubeconfig), "VK_KUBE_SERVER": server,
             "VK_KUBE_CA": str(pki / "ca.crt"), **env, "VK_BAO_AUDIT_LOG": str(self.state / "bao" / "audit.log"),
             **({"VK_BAO_RAW_AUDIT_LOG": str(self.state / "bao" / "audit-raw.log")} if os.environ.get("VK_RAW_AUDIT") == "1" else {}),
-            "VK_PG_HOST": "127.0.0.1", "VK_PG_PORT": str(pg_port), "VK_PG_USER": "postgres", "VK_BIN": str(BIN),
+            "VK_PG_HOST": "127.0.0.1", "VK_PG_PORT": str(pg_port), "VK_PG_USER": "postgres", "VK_BIN": str(BIN), **node_env,
         }
-        (self.state / "env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        # Shell-quoted, because scripts source it (VK_CTR is a command line with spaces).
+        (self.state / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
         print(f"stack up in {time.monotonic() - t0:.1f}s; env in {self.state / 'env'}", file=sys.stderr)
         return values
 
-    def bao_config(self, port: int, cluster: int) -> Path:
+    def bao_config(self, port: int, cluster: int, node_ip=None) -> Path:
         d = self.state / "bao"
         (d / "raft").mkdir(parents=True, exist_ok=True)
         config = d / "config.hcl"
@@ -221,7 +251,13 @@ listener "tcp" {{
   cluster_address = "127.0.0.1:{cluster}"
   tls_disable     = true
 }}
-api_addr      = "http://127.0.0.1:{port}"
+""" + (f"""# The address Pods of the real node reach this server at.
+listener "tcp" {{
+  address         = "{node_ip}:{port}"
+  cluster_address = "{node_ip}:{cluster}"
+  tls_disable     = true
+}}
+""" if node_ip else "") + f"""api_addr      = "http://127.0.0.1:{port}"
 cluster_addr  = "http://127.0.0.1:{cluster}"
 disable_mlock = true
 audit "file" "to-file" {{
@@ -232,8 +268,8 @@ audit "file" "to-file" {{
 """ + (RAW_AUDIT.format(path=d / "audit-raw.log") if os.environ.get("VK_RAW_AUDIT") == "1" else ""))
         return config
 
-    def start_bao(self, port: int, cluster: int) -> dict:
-        config = self.bao_config(port, cluster)
+    def start_bao(self, port: int, cluster: int, node_ip=None) -> dict:
+        config = self.bao_config(port, cluster, node_ip)
         self.start("bao", [str(BIN / "bao"), "server", f"-config={config}"])
         addr = f"http://127.0.0.1:{port}"
         wait_for("OpenBao to listen", lambda: urllib.request.urlopen(f"{addr}/v1/sys/seal-status", timeout=2).status == 200)
@@ -251,17 +287,22 @@ audit "file" "to-file" {{
         # Raft elects itself a leader a few seconds after unseal; reads fail until then.
         wait_for("OpenBao to serve", lambda: subprocess.run([str(BIN / "bao"), "token", "lookup"], env=env, capture_output=True).returncode == 0)
 
-    def start_postgres(self, port: int) -> None:
+    def start_postgres(self, port: int, node_ip=None) -> None:
         pg = self.state / "pg"
         pg.mkdir(parents=True, exist_ok=True)
         sh("chown", "-R", "postgres:postgres", str(pg))
         sh("runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(pg), "-U", "postgres", "--auth=trust")
         # The superuser (used by tests and by OpenBao's database engine) is trusted on loopback;
         # every other role must present its password, so issued credentials are really checked.
+        # Pods of the real node (their own addresses) and the node address itself get the same
+        # password check; the superuser is not for them at all.
+        remote = "".join(f"host all postgres {net} reject\nhost all all {net} scram-sha-256\n"
+                         for net in (real_node.POD_CIDR, f"{node_ip}/32")) if node_ip else ""
         (pg / "pg_hba.conf").write_text(
             "local all postgres trust\nhost all postgres 127.0.0.1/32 trust\n"
-            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")
-        self.start("postgres", [str(PG_BIN / "postgres"), "-D", str(pg), "-p", str(port), "-k", str(pg), "-c", "listen_addresses=127.0.0.1"],
+            "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n" + remote)
+        listen = "127.0.0.1" + (f",{node_ip}" if node_ip else "")
+        self.start("postgres", [str(PG_BIN / "postgres"), "-D", str(pg), "-p", str(port), "-k", str(pg), "-c", f"listen_addresses={listen}"],
                    user="postgres")
         wait_for("PostgreSQL", lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
                                                      capture_output=True).returncode == 0)
@@ -269,8 +310,9 @@ audit "file" "to-file" {{
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "run", "status", "bao-stop", "bao-start", "bao-seal", "bao-unseal"])
+    parser.add_argument("command", choices=["up", "down", "run", "status", "node-check", "bao-stop", "bao-start", "bao-seal", "bao-unseal"])
     parser.add_argument("--state-dir", default="target/stack")
+    parser.add_argument("--node", action="store_true", help="with up/run: also a real node (kubelet, containerd, kube-proxy)")
     parser.add_argument("--foreground", action="store_true", help="with up: stay until interrupted, then stop everything")
     argv = sys.argv[1:]
     cmd = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -281,8 +323,9 @@ def main() -> int:
             print(f"{name} {pid}")
         return 0
     if args.command == "down":
-        stack.down()
-        return 0
+        return host_restored(stack.down())
+    if args.command == "node-check":
+        return host_restored(real_node.Node(stack, BIN).check())
     if args.command in ("bao-stop", "bao-start", "bao-seal", "bao-unseal"):
         info = json.loads((stack.state / "bao" / "init.json").read_text())
         env = {**os.environ, "BAO_ADDR": info["addr"], "BAO_TOKEN": info["root"]}
@@ -304,29 +347,41 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     keep = args.command == "up" and not args.foreground
+    rc = 0
     try:
-        values = stack.up()
+        values = stack.up(args.node)
         if args.command == "run":
             if not cmd:
                 raise RuntimeError("run needs a command after --")
-            return subprocess.run(cmd, env={**os.environ, **values, "PATH": f"{BIN}:{os.environ['PATH']}"}).returncode
-        if args.foreground:
+            rc = subprocess.run(cmd, env={**os.environ, **values, "PATH": f"{BIN}:{os.environ['PATH']}"}).returncode
+        elif args.foreground:
             print("stack running; Ctrl-C stops it", file=sys.stderr)
             signal.pause()
-        return 0
     except KeyboardInterrupt:
         keep = False
-        return 130
+        rc = 130
     except Exception as err:
         keep = False
+        rc = 1
         print(f"stack: {err}", file=sys.stderr)
         for log in sorted(stack.logs.glob("*.log")) if stack.logs.exists() else []:
             print(f"--- last lines of {log}", file=sys.stderr)
             print("".join(log.read_text(errors="replace").splitlines(True)[-10:]), file=sys.stderr)
-        return 1
     finally:
         if not keep:
-            stack.down()
+            # A second Ctrl-C must not cut the teardown short and leave the host half restored.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if host_restored(stack.down()) != 0 and rc == 0:
+                rc = 1
+    return rc
+
+
+def host_restored(differences: list) -> int:
+    """Reports a real node's leftovers on the host; 1 when there are any."""
+    for line in differences:
+        print(f"node: host differs from before the node started: {line}", file=sys.stderr)
+    return 1 if differences else 0
 
 
 if __name__ == "__main__":

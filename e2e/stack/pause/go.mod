@@ -1,0 +1,3 @@
+module vaultkeeper.dev/stack/pause
+
+go 1.22
