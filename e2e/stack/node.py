@@ -1,5 +1,5 @@
-"""The stack's real node (`stack.py --node`): containerd, a CNI bridge, kubelet and kube-proxy on this
-machine, so Pods run as real containers, and the undo of every change they make to the host.
+"""The stack's real node (`stack.py --node`): containerd, a CNI bridge, kubelet, kube-proxy and CoreDNS
+on this machine, so Pods run as real containers, and the undo of every change they make to the host.
 
 Only one real node fits a machine (fixed paths, cgroups, iptables, the cni0 bridge). CLAIM marks it
 taken and records the host as it was before, so `down` can put it back (and check that it did) even
@@ -20,6 +20,7 @@ from pathlib import Path
 NAME = "vk-node"
 POD_CIDR, POD_GATEWAY = "10.244.0.0/24", "10.244.0.1"
 SERVICE_CIDR = "10.0.0.0/24"
+DNS_IP = "10.0.0.10"  # kube-dns's ClusterIP, the Pods' nameserver, as on most clusters
 LABEL = "vaultkeeper.dev/real-node"
 # The existing tests' Pods keep landing on the kwok node; Pods meant for this one tolerate the taint.
 TAINT = f"{LABEL}=true:NoSchedule"
@@ -46,7 +47,11 @@ SYSCTLS = ["vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic", "kernel.pa
 VOLATILE_SYSCTLS = re.compile(r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state)|kernel\.ns_last_pid|kernel\.random\."
                               r"|kernel\.pty\.nr|fs\.quota\.|net\.netfilter\.nf_conntrack_count)")
 CHAIN_PREFIXES = ("KUBE-", "CNI-", "VK-")
-NODE_PROGRAMS = ("containerd", "containerd-shim", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "runc")
+NODE_PROGRAMS = ("containerd", "containerd-shim", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "runc", "coredns")
+
+
+class Refused(RuntimeError):
+    """Starting was refused before anything was changed: nothing of this stack's to stop."""
 
 
 def run(*args, check=True, **kw) -> subprocess.CompletedProcess:
@@ -177,15 +182,18 @@ class Node:
         """Takes the machine's one node slot, recording the host as it is, before any change."""
         if CLAIM.exists():
             other = json.loads(CLAIM.read_text()).get("state", "?")
-            raise RuntimeError(f"this machine already has a real node (state dir {other}); only one can run: "
+            raise Refused(f"this machine already has a real node (state dir {other}); only one can run: "
                                f"stop it with `stack.py down --state-dir {other}`")
         before = snapshot()
         if before["processes"]:
-            raise RuntimeError(f"node programs already run on this machine ({', '.join(sorted(set(before['processes'])))}); "
+            raise Refused(f"node programs already run on this machine ({', '.join(sorted(set(before['processes'])))}); "
                                "a real node needs the machine to itself")
         record = json.dumps({"state": str(self.stack.state), "before": before})
-        with open(CLAIM, "x") as f:  # exclusive: two stacks starting at once cannot both win
-            f.write(record)
+        try:
+            with open(CLAIM, "x") as f:  # exclusive: two stacks starting at once cannot both win
+                f.write(record)
+        except FileExistsError:
+            raise Refused("another real node claimed this machine just now") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "host-before.json").write_text(record)
 
@@ -292,7 +300,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                                "x509": {"clientCAFile": str(pki / "ca.crt")}},
             "authorization": {"mode": "Webhook"},
             "registerWithTaints": [{"key": LABEL, "value": "true", "effect": "NoSchedule"}],
-            "clusterDomain": "cluster.local", "resolvConf": str(self.dir / "resolv.conf"),
+            "clusterDomain": "cluster.local", "clusterDNS": [DNS_IP], "resolvConf": str(self.dir / "resolv.conf"),
             "podLogsDir": str(self.dir / "pod-logs"), "volumePluginDir": str(self.dir / "volume-plugins"),
             "makeIPTablesUtilChains": False, "oomScoreAdj": 0,
             # Imported images are all there is: never collect them, never evict for a full disk.
@@ -315,6 +323,38 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         }, indent=1))
         return config
 
+    def start_dns(self, kubectl, kubeconfig: Path, free_port) -> None:
+        """CoreDNS on the node address, behind the Service kube-system/kube-dns (no selector, one
+        EndpointSlice naming the node address), so names of Services and Pods resolve in Pods.
+        It answers for cluster.local only: no name leads a Pod's query off this machine."""
+        health, ready = free_port(), free_port()
+        corefile = self.dir / "Corefile"
+        corefile.write_text(f""".:53 {{
+    bind {self.ip}
+    ready 127.0.0.1:{ready}
+    health 127.0.0.1:{health}
+    errors
+    cache 5
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+}}
+""")
+        self.stack.start("coredns", [str(self.bin / "coredns"), "-conf", str(corefile)])
+        ports = [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+             "spec": {"clusterIP": DNS_IP, "ports": [{**p, "targetPort": 53} for p in ports]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "kube-dns-node", "namespace": "kube-system",
+                          "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "vaultkeeper-stack"}},
+             "addressType": "IPv4", "endpoints": [{"addresses": [self.ip], "conditions": {"ready": True}}], "ports": ports},
+        ]}))
+        # ready answers 200 once the kubernetes plugin has its first view of the cluster.
+        wait_until("CoreDNS", lambda: run("curl", "-sf", f"http://127.0.0.1:{ready}/ready").returncode == 0, 30)
+
     def guard(self) -> None:
         """Pod and Service addresses never leave through the host's own interface: a Pod that asks
         for an address nothing here answers is refused, instead of its packets going out."""
@@ -325,14 +365,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         for chain in ("FORWARD", "OUTPUT"):
             ipt("-I", chain, "1", "-j", "VK-NODE-GUARD")
 
-    def up(self, server: str, pki: Path, kubectl, free_port) -> dict:
+    def up(self, server: str, pki: Path, kubectl, kubeconfig: Path, free_port) -> dict:
         t0 = time.monotonic()
         bin_dir = self.bin
         images = bin_dir / "node-images"
-        for need in (bin_dir / "kubelet", bin_dir / "kube-proxy", images / "pause.tar", images / "busybox.tar"):
+        for need in (bin_dir / "kubelet", bin_dir / "kube-proxy", bin_dir / "coredns", images / "pause.tar", images / "busybox.tar"):
             if not need.exists():
                 raise RuntimeError(f"{need} is missing: run e2e/stack/install.sh")
         self.guard()
+        self.start_dns(kubectl, kubeconfig, free_port)
         self.stack.start("containerd", ["containerd", "--config", str(self.containerd_config())])
         wait_until("containerd", lambda: run(*self.ctr, "version").returncode == 0, 30)
         for archive in ("pause.tar", "busybox.tar"):
@@ -354,7 +395,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         print(f"real node {NAME} ({self.ip}) Ready {t_ready - t_kubelet:.1f}s after kubelet start; "
               f"node up in {time.monotonic() - t0:.1f}s", flush=True, file=sys.stderr)
         return {"VK_NODE_NAME": NAME, "VK_NODE_IP": self.ip, "VK_NODE_TAINT": TAINT, "VK_NODE_LABEL": f"{LABEL}=true",
-                "VK_CTR": " ".join(self.ctr), "VK_BUSYBOX_IMAGE": BUSYBOX_IMAGE, "VK_PAUSE_IMAGE": PAUSE_IMAGE}
+                "VK_CTR": " ".join(self.ctr), "VK_DNS_IP": DNS_IP, "VK_BUSYBOX_IMAGE": BUSYBOX_IMAGE, "VK_PAUSE_IMAGE": PAUSE_IMAGE}
 
     # --- down -------------------------------------------------------------------------------------
     def down(self) -> bool:
@@ -362,11 +403,11 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         node of this stack to undo. The claim is the only licence: without it the host (and maybe
         another stack's node) is left alone. Every step tolerates having been done already."""
         if not self.claimed():
-            for name in ("kube-proxy", "kubelet", "containerd"):
+            for name in ("kube-proxy", "kubelet", "coredns", "containerd"):
                 self.stack.stop(name)
             return False
         before = self.before()
-        for name in ("kube-proxy", "kubelet"):
+        for name in ("kube-proxy", "kubelet", "coredns"):
             self.stack.stop(name)
         self.kill_pods()
         self.stack.stop("containerd")

@@ -5,7 +5,7 @@ Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (one 
 (a real raft-backed server, initialised and unsealed here) and PostgreSQL on free loopback ports;
 writes a kubeconfig and `<state>/env`; configures OpenBao's Kubernetes auth against the API server.
 Every process it starts is recorded by PID and stopped by `down` (or by `run` on exit or signal).
-With --node it also runs a real node (node.py: containerd, kubelet, kube-proxy) and makes the API
+With --node it also runs a real node (node.py: containerd, kubelet, kube-proxy, CoreDNS) and makes the API
 server, OpenBao and PostgreSQL reachable from its Pods; `down` undoes the node's host changes.
 Programs come from `e2e/stack/install.sh` (cache under ~/.cache/vaultkeeper/bin).
 """
@@ -157,7 +157,7 @@ class Stack:
     # --- up ------------------------------------------------------------------------------
     def up(self, with_node: bool = False) -> dict:
         if self.alive():
-            raise RuntimeError(f"a stack is already running from {self.state}; run `down` first")
+            raise real_node.Refused(f"a stack is already running from {self.state}; run `down` first")
         t0 = time.monotonic()
         self.state.mkdir(parents=True, exist_ok=True)
         real = real_node.Node(self, BIN) if with_node else None
@@ -224,7 +224,7 @@ class Stack:
                                                                   "jsonpath={.status.conditions[?(@.type=='Ready')].status}"))
         node_env = {}
         if real:
-            node_env = real.up(server, pki, kubectl, free_port)
+            node_env = real.up(server, pki, kubectl, kubeconfig, free_port)
             node_env.update({"VK_BAO_NODE_ADDR": f"http://{real.ip}:{bao_port}", "VK_PG_NODE_HOST": real.ip})
         values = {
             "VK_STACK_DIR": str(self.state), "KUBECONFIG": str(kubeconfig), "VK_KUBE_SERVER": server,
@@ -357,6 +357,11 @@ def main() -> int:
         elif args.foreground:
             print("stack running; Ctrl-C stops it", file=sys.stderr)
             signal.pause()
+    except real_node.Refused as err:
+        # What refused is someone else's running stack or node; tearing down here would stop it.
+        keep = True
+        rc = 1
+        print(f"stack: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         keep = False
         rc = 130
