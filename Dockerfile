@@ -36,7 +36,8 @@ COPY --from=build /out/passwd /etc/passwd
 COPY --from=build /out/group /etc/group
 COPY --from=build /out/tmp /tmp
 COPY --from=build /out/home /home
-ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# The binary is /vaultkeeper-<name>; on PATH, since the webhook's startup probe execs the agent by name.
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PATH=/
 USER 65532:65532
 
 FROM base AS agent

@@ -24,6 +24,10 @@ images:
 up:
 	./hack/up.sh
 
+# The faster local path: the stack and the operator as a process, no node, no images.
+up-process:
+	./hack/up-process.sh
+
 # Benchmarks against the real stack (prints figures): make bench ARGS="--n 1000"
 bench:
 	./hack/bench.sh $(ARGS)

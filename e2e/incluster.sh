@@ -34,7 +34,7 @@ trap '[ "$fail" -eq 0 ] || dump' EXIT
 # --- images, without a registry ---------------------------------------------------------------------
 for c in operator webhook agent; do
   [ -f "$IMAGES/vaultkeeper-$c.tar" ] || { bad "no $IMAGES/vaultkeeper-$c.tar: run make images"; exit 1; }
-  "${CTR[@]}" images import --base-name "docker.io/library/vaultkeeper-$c" "$IMAGES/vaultkeeper-$c.tar" >/dev/null
+  "${CTR[@]}" images import "$IMAGES/vaultkeeper-$c.tar" >/dev/null
 done
 "${CTR[@]}" images ls -q | contains -x "docker.io/library/vaultkeeper-agent:$VERSION" \
   && ok "the three images are imported into the node's containerd" || bad "images: $("${CTR[@]}" images ls -q)"
@@ -59,7 +59,8 @@ addressType: IPv4
 ports: [{name: http, port: $bao_port}]
 endpoints: [{addresses: ["$VK_NODE_IP"]}]
 EOF
-VAULT_SVC=http://$(kubectl -n vault get service vault -o jsonpath='{.spec.clusterIP}'):8200
+# By its cluster DNS name, as users write it: the static binaries resolve it with their own resolver.
+VAULT_SVC=http://vault.vault.svc:8200
 
 # --- Vault: what the users' namespace may read ----------------------------------------------------------
 bao kv put secret/incluster/config password=first >/dev/null
@@ -183,9 +184,13 @@ before=$(kubectl -n $NS get pods -l app=web -o jsonpath='{.items[*].metadata.nam
 bao kv put secret/incluster/config password=second >/dev/null
 eventually 60 bash -c "[ -n \"\$(kubectl -n $NS get deploy web -o jsonpath='{.spec.template.metadata.annotations.vaultkeeper\.dev/restarted-for}')\" ]" \
   && ok "a KV change stamped the restart target" || bad "web was not restarted"
-kubectl -n $NS rollout status deploy/web --timeout=60s >/dev/null && after=$(kubectl -n $NS get pods -l app=web --field-selector=status.phase=Running -o jsonpath='{.items[*].metadata.name}')
-[ -n "${after:-}" ] && ! contains -w -F -f <(tr ' ' '\n' <<<"$before") <<<"$after" \
-  && ok "the restart rolled real Pods ($before -> $after)" || bad "pods before: $before, after: ${after:-}"
+kubectl -n $NS rollout status deploy/web --timeout=60s >/dev/null
+# Done when the old Pods are gone and two others run.
+rolled() {
+  after=$(kubectl -n $NS get pods -l app=web -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}')
+  [ "$(grep -c ' Running$' <<<"$after")" = 2 ] && ! contains -w -F -f <(tr ' ' '\n' <<<"$before") <<<"$after"
+}
+eventually 60 rolled && ok "the restart rolled real Pods ($before -> $(awk '{print $1}' <<<"$after" | tr '\n' ' '))" || bad "pods before: $before, after: ${after:-}"
 
 # --- injection: the API server calls the webhook through its Service ------------------------------------
 inject_deploy() { # inject_deploy NAME ANNOTATED(true|false)

@@ -75,6 +75,7 @@ for c in "${components[@]}"; do
     --config.entrypoint "/vaultkeeper-$c" \
     --config.workingdir / \
     --config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    --config.env PATH=/ \
     --config.label "org.opencontainers.image.source=$SOURCE" \
     --config.label "org.opencontainers.image.version=$version" \
     --config.label "org.opencontainers.image.revision=$revision" \
@@ -92,10 +93,12 @@ config = json.load(sys.stdin)["config"]
 labels = config.get("Labels") or {}
 assert config.get("User") == user, config.get("User")
 assert config.get("Entrypoint") == [f"/vaultkeeper-{c}"], config.get("Entrypoint")
+# The webhook'"'"'s startup probe execs the agent by name: it must be on PATH.
+assert "PATH=/" in (config.get("Env") or []), config.get("Env")
 assert labels.get("org.opencontainers.image.version") == version, labels
 assert labels.get("org.opencontainers.image.revision") == revision, labels
 ' "$c" "$version" "$revision" "$UID_GID" <<<"$config"
-  skopeo copy -q "oci:$layout:$version" "oci-archive:$OUT/vaultkeeper-$c.tar:vaultkeeper-$c:$version"
+  skopeo copy -q "oci:$layout:$version" "oci-archive:$OUT/vaultkeeper-$c.tar:docker.io/library/vaultkeeper-$c:$version"
   compressed=$(skopeo inspect --raw "oci:$layout:$version" | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
   python3 -c 'import sys; c, b, z, a = sys.argv[1:]; print(f"{c:<10} {int(b) / 2**20:9.1f}MiB {int(z) / 2**20:9.1f}MiB  {a}")' \
     "$c" "$(stat -c %s "$bin")" "$compressed" "$OUT/vaultkeeper-$c.tar"

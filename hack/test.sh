@@ -36,6 +36,8 @@ echo "== real-stack tests"
 cargo build -q -p vaultkeeper-operator -p vaultkeeper-agent -p vaultkeeper-webhook
 python3 e2e/stack/stack.py down --state-dir target/stack
 rm -rf target/stack
-VK_RAW_AUDIT=1 python3 e2e/stack/stack.py run --state-dir target/stack -- bash e2e/run.sh
+# --node: a real node (kubelet, containerd, kube-proxy, CoreDNS) beside the fake one, for the tests
+# that run the product in Pods from its images (e2e/node.sh, e2e/incluster.sh).
+VK_RAW_AUDIT=1 python3 e2e/stack/stack.py run --node --state-dir target/stack -- bash e2e/run.sh
 
 echo "== all checks passed in $((SECONDS - started))s"

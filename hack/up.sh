@@ -1,22 +1,47 @@
 #!/usr/bin/env bash
-# Starts the whole thing locally: the stack (control plane with a fake node, OpenBao, PostgreSQL),
-# the CRDs, the operator, and the examples (a VaultSecret and a CertificateRequest); stays until Ctrl-C, then stops everything.
+# `make up`: vaultkeeper as users meet it. Starts the local stack with a real node (kubelet,
+# containerd, kube-proxy, CoreDNS), imports the project's images into the node, installs the Helm
+# chart (operator and webhook in Pods), applies the examples (a VaultSecret and a
+# CertificateRequest) and a Deployment whose agent renders a Vault secret into a real Pod. Stays
+# until Ctrl-C, then stops everything and puts the host back. `make up-process` is the faster path
+# without the node or the images (the operator as a process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash e2e/stack/install.sh
-cargo build -q -p vaultkeeper-operator
+bash hack/images.sh
 STATE=target/demo
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"
-python3 e2e/stack/stack.py up --state-dir "$STATE"
-OP_PID=
-cleanup() { [ -z "$OP_PID" ] || kill "$OP_PID" 2>/dev/null || true; python3 e2e/stack/stack.py down --state-dir "$STATE"; }
-trap cleanup EXIT INT TERM
+cat <<'EOF'
+The real node changes this host while it runs: iptables chains (KUBE-*, CNI-*, VK-NODE-GUARD), the
+cni0 bridge and its veths, network namespaces, kubepods cgroups, a few sysctls (ip_forward,
+vm.overcommit_memory, kernel.panic...), and /run/containerd, /var/lib/kubelet, /var/lib/cni,
+/var/log/pods. Ctrl-C undoes all of it and checks that it did.
+EOF
+python3 e2e/stack/stack.py up --node --state-dir "$STATE"
+trap 'python3 e2e/stack/stack.py down --state-dir "$STATE"' EXIT INT TERM
 set -a; . "$STATE/env"; set +a
 export PATH=$VK_BIN:$PATH
-kubectl apply -f manifests/crds.yaml >/dev/null
-kubectl wait --for=condition=Established crd/vaultsecrets.vaultkeeper.dev >/dev/null
-kubectl apply -f manifests/examples/demo-namespace.yaml >/dev/null
+read -r -a CTR <<<"$VK_CTR"
+for c in operator webhook agent; do "${CTR[@]}" images import "target/images/vaultkeeper-$c.tar" >/dev/null; done
+
+# OpenBao, as the cluster reaches it: the Service vault.vault.svc.
+bao_port=${VK_BAO_NODE_ADDR##*:}
+kubectl create namespace vault >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: vault}
+spec:
+  ports: [{name: http, port: 8200, targetPort: $bao_port}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: vault-1, namespace: vault, labels: {kubernetes.io/service-name: vault}}
+addressType: IPv4
+ports: [{name: http, port: $bao_port}]
+endpoints: [{addresses: ["$VK_NODE_IP"]}]
+EOF
 bao secrets enable pki >/dev/null
 bao secrets tune -max-lease-ttl=87600h pki >/dev/null
 bao write -field=certificate pki/root/generate/internal common_name="vaultkeeper demo CA" ttl=87600h >/dev/null 2>&1
@@ -24,18 +49,57 @@ bao write pki/roles/demo allowed_domains=demo.svc,demo.svc.cluster.local allow_s
 printf 'path "secret/data/demo/*" { capabilities = ["read"] }\npath "secret/metadata/demo/*" { capabilities = ["read"] }\npath "pki/sign/demo" { capabilities = ["update"] }\npath "pki/issue/demo" { capabilities = ["update"] }\npath "pki/revoke" { capabilities = ["update"] }\n' | bao policy write demo - >/dev/null
 bao write auth/kubernetes/role/demo bound_service_account_names=web bound_service_account_namespaces=demo policies=demo ttl=1h >/dev/null
 bao kv put secret/demo/web username=web password=change-me >/dev/null
-./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr 127.0.0.1:8080 >"$STATE/logs/operator.log" 2>&1 &
-OP_PID=$!
+
+taint_key=${VK_NODE_TAINT%%=*}
+on_node="nodeSelector: {kubernetes.io/hostname: $VK_NODE_NAME}, tolerations: [{key: $taint_key, operator: Exists}]"
+helm install vaultkeeper charts/vaultkeeper -n vaultkeeper-system --create-namespace --wait --timeout 180s \
+  -f - >/dev/null <<EOF
+vault: {address: "http://vault.vault.svc:8200"}
+operator: {replicas: 1, logFormat: text, $on_node}
+webhook: {replicas: 1, logFormat: text, $on_node}
+EOF
+kubectl apply -f manifests/examples/demo-namespace.yaml >/dev/null
 kubectl apply -f manifests/examples/vaultsecret.yaml -f manifests/examples/certificaterequest.yaml >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: milk, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: milk}}
+  template:
+    metadata:
+      labels: {app: milk}
+      annotations:
+        vault.hashicorp.com/agent-inject: "true"
+        vault.hashicorp.com/role: demo
+        vault.hashicorp.com/agent-inject-secret-db.txt: secret/data/demo/web
+        vault.hashicorp.com/agent-inject-template-db.txt: |
+          {{- with secret "secret/data/demo/web" -}}
+          postgres://{{ .Data.data.username }}:{{ .Data.data.password }}@db.demo:5432/web
+          {{- end }}
+    spec:
+      serviceAccountName: web
+      nodeSelector: {kubernetes.io/hostname: $VK_NODE_NAME}
+      tolerations: [{key: $taint_key, operator: Exists}]
+      containers:
+      - name: app
+        image: $VK_BUSYBOX_IMAGE
+        imagePullPolicy: Never
+        command: [sh, -c, 'while true; do echo "\$(date +%T) \$(cat /vault/secrets/db.txt)"; sleep 10; done']
+EOF
+kubectl -n demo rollout status deploy/milk --timeout=90s >/dev/null
 cat <<EOF
 
-vaultkeeper is running. In another shell:
+vaultkeeper is running in the cluster. In another shell:
   set -a; . $PWD/$STATE/env; set +a; export PATH=\$VK_BIN:\$PATH
+  kubectl -n vaultkeeper-system get pods
   kubectl -n demo get vaultsecrets,certificaterequests
-  kubectl -n demo get secret web-tls -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -subject -enddate
   kubectl -n demo get secret web-config -o jsonpath='{.data.DATABASE_URL}' | base64 -d
-  bao kv put secret/demo/web username=web password=rotated   # reaches the Secret within ~10s
-  curl -s 127.0.0.1:8080/metrics | grep vaultkeeper_
-Operator log: $STATE/logs/operator.log. Ctrl-C stops everything.
+  kubectl -n demo logs deploy/milk -c app -f          # the file the agent renders in the Pod
+  bao kv put secret/demo/web username=web password=rotated   # reaches the Secret and the file
+  kubectl -n vaultkeeper-system logs deploy/vaultkeeper-operator
+Ctrl-C stops everything.
 EOF
-wait "$OP_PID"
+sleep infinity &
+wait $!

@@ -56,7 +56,8 @@ pub const RUN_VOLUME: &str = "vaultkeeper-agent-run";
 pub const TOKEN_DIR: &str = "/var/run/secrets/vaultkeeper/serviceaccount";
 /// Where the agent sees its scratch volume.
 pub const RUN_DIR: &str = "/var/run/vaultkeeper";
-/// The startup probe of a native sidecar: the agent binary must be on the image's `PATH`.
+/// The startup probe of a native sidecar: the agent binary must be on the image's `PATH` (the
+/// project's agent image sets `PATH=/`, where its binary is).
 pub const PROBE_COMMAND: &[&str] = &["vaultkeeper-agent", "probe"];
 
 /// How the webhook injects; set once from flags.
