@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds install-yaml build images up bench bench-injection fuzz
+.PHONY: test crds install-yaml build images up up-process bench bench-injection fuzz
 
 test:
 	./hack/test.sh
