@@ -67,6 +67,24 @@ HELM=$HELM bash hack/install-yaml.sh | diff -q - manifests/install.yaml >/dev/nu
   && ok "manifests/install.yaml is the chart's current rendering" || bad "manifests/install.yaml is out of date: run make install-yaml"
 render --set vault.address="$VAULT_ADDR" --set crds.enabled=false | contains 'kind: CustomResourceDefinition' \
   && bad "crds.enabled=false still renders CRDs" || ok "crds.enabled=false renders no CRD"
+render --set vault.address="$VAULT_ADDR" --set serviceMonitor.enabled=true --set networkPolicy.enabled=true \
+  --set networkPolicy.metricsFrom.matchLabels.monitoring=on >"$WORK/chart-mon.yaml"
+[ "$(grep -c '^kind: ServiceMonitor' "$WORK/chart-mon.yaml")" = 2 ] && [ "$(grep -c '^kind: NetworkPolicy' "$WORK/chart-mon.yaml")" = 2 ] \
+  && ! contains -e 'kind: ServiceMonitor' -e 'kind: NetworkPolicy' "$WORK/chart.yaml" \
+  && ok "serviceMonitor.enabled and networkPolicy.enabled render one of each per component (and none by default)" || bad "monitoring objects wrong"
+"$HELM" template $RELEASE charts/vaultkeeper -n default --kube-version "$server" --set vault.address="$VAULT_ADDR" \
+  --set networkPolicy.enabled=true --set networkPolicy.metricsFrom.matchLabels.monitoring=on | python3 -c '
+import sys, yaml
+print(yaml.safe_dump_all([d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "NetworkPolicy"]))' \
+  | kubectl apply --dry-run=server -f - >/dev/null && ok "the NetworkPolicies pass the API server's validation" || bad "NetworkPolicies invalid"
+for h in helm helm4; do
+  "$h" template vkns charts/vaultkeeper -n chart-ns-system --kube-version "$server" --set vault.address="$VAULT_ADDR" \
+    --set 'operator.watchNamespaces={a,b}' | grep -v '^# Source: ' >"$WORK/chart-ns-$h.yaml"
+done
+python3 -c '
+import sys, yaml
+a, b = ([d for d in yaml.safe_load_all(open(f)) if d] for f in sys.argv[1:])
+sys.exit(0 if a == b else 1)' "$WORK/chart-ns-helm.yaml" "$WORK/chart-ns-helm4.yaml" && ok "helm 3 and helm 4 render the namespaced mode alike" || bad "the namespaced mode renders differently"
 contains -e 'PRIVATE KEY' -e 'BEGIN CERTIFICATE' -e 'caBundle' "$WORK/chart.yaml" \
   && bad "the rendered chart holds secret material or a caBundle" || ok "the rendered chart holds no key, certificate or caBundle (the operator writes them)"
 out=$(render --set vault.address="$VAULT_ADDR" --set webhook.tls.mode=secret 2>&1 || true)

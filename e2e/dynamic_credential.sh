@@ -172,7 +172,7 @@ fi
 # 3f. OpenBao down: the Secret is left exactly as it is, the CR says so, and it recovers by itself.
 before=$(kubectl -n $NS get secret app-db -o jsonpath='{.metadata.resourceVersion}/{.data}')
 python3 e2e/stack/stack.py bao-stop --state-dir "$VK_STACK_DIR" >/dev/null
-if eventually 40 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}')\" = VaultUnavailable ]"; then
+if eventually 75 bash -c "[ \"\$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}')\" = VaultUnavailable ]"; then
   msg=$(kubectl -n $NS get dcred app -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')
   grep -qF "keeps the current credential" <<<"$msg" && ok "OpenBao down: CR reports it ($msg)" || bad "outage message: $msg"
 else
