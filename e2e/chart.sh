@@ -24,7 +24,7 @@ OP_PID=
 # The checks below read YAML with PyYAML.
 python3 -c 'import yaml' 2>/dev/null || pip install -q pyyaml
 WH_PID=
-trap 'kubectl -n $NS delete dcred,vcert --all --wait=true --timeout=30s >/dev/null 2>&1; kubectl delete mutatingwebhookconfiguration vk-vaultkeeper-webhook --ignore-not-found >/dev/null 2>&1; [ -n "$OP_PID" ] && kill $OP_PID 2>/dev/null; [ -n "$WH_PID" ] && kill $WH_PID 2>/dev/null; true' EXIT
+trap 'kubectl -n $NS delete dcred,vcert --all --wait=true --timeout=30s >/dev/null 2>&1; kubectl delete mutatingwebhookconfiguration vk-vaultkeeper-webhook --ignore-not-found >/dev/null 2>&1; kill $OP_PID $WH_PID 2>/dev/null || true' EXIT
 
 # --- the chart renders, and says what is missing -------------------------------------------------
 server=$(kubectl version -o json | python3 -c 'import json,sys; v=json.load(sys.stdin)["serverVersion"]; print(v["gitVersion"])')
