@@ -114,7 +114,7 @@ SAMPLER_PID=$!
 supervise() { # runs the operator again whenever it exits, as a kubelet would, and notes each exit
   local pid rc
   while [ ! -e "$WORK/stop" ]; do
-    KUBECONFIG=$OP_KUBECONFIG ./target/debug/vaultkeeper-operator --vault-addr "http://127.0.0.1:$VAULT_PROXY" \
+    KUBECONFIG=$OP_KUBECONFIG "$BUILD_DIR/vaultkeeper-operator" --vault-addr "http://127.0.0.1:$VAULT_PROXY" \
       --metrics-addr "127.0.0.1:$METRICS_PORT" --identity faults-op >>"$OP_LOG" 2>&1 &
     pid=$!; echo $pid >"$WORK/operator.pid"
     if wait $pid; then rc=0; else rc=$?; fi

@@ -16,7 +16,7 @@ METRICS_PORT=$(free_port)
 OP_PID=; OP_N=0
 start_operator() { # one more operator process, named hard-op-<n>, leading once it is ready
   OP_N=$((OP_N + 1))
-  ./target/debug/vaultkeeper-operator --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" \
+  "$BUILD_DIR/vaultkeeper-operator" --vault-addr "$VAULT_ADDR" --metrics-addr "127.0.0.1:$METRICS_PORT" \
     --identity "hard-op-$OP_N" "$@" >>"$OP_LOG" 2>&1 &
   OP_PID=$!
   eventually 60 bash -c "[ \"\$(kubectl -n vaultkeeper-system get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')\" = hard-op-$OP_N ]" \

@@ -39,28 +39,9 @@ done
 "${CTR[@]}" images ls -q | contains -x "docker.io/library/vaultkeeper-agent:$VERSION" \
   && ok "the three images are imported into the node's containerd" || bad "images: $("${CTR[@]}" images ls -q)"
 
-# --- OpenBao as a Service of the cluster ------------------------------------------------------------
-bao_port=${VK_BAO_NODE_ADDR##*:}
-kubectl create namespace vault >/dev/null
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: vault, namespace: vault}
-spec:
-  ports: [{name: http, port: 8200, targetPort: $bao_port}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: vault-1
-  namespace: vault
-  labels: {kubernetes.io/service-name: vault}
-addressType: IPv4
-ports: [{name: http, port: $bao_port}]
-endpoints: [{addresses: ["$VK_NODE_IP"]}]
-EOF
-# By its cluster DNS name, as users write it: the static binaries resolve it with their own resolver.
-VAULT_SVC=http://vault.vault.svc:8200
+# OpenBao as a Service of the cluster (the --node stack creates vault.vault.svc), by its cluster DNS
+# name as users write it: the static binaries resolve it with their own resolver.
+VAULT_SVC=${VK_BAO_SERVICE_ADDR:?needs the stack with --node}
 
 # --- Vault: what the users' namespace may read ----------------------------------------------------------
 bao kv put secret/incluster/config password=first >/dev/null
@@ -228,13 +209,13 @@ kubectl -n $NS rollout status deploy/milk --timeout=90s >/dev/null && t_injected
   && ok "an annotated Deployment became available in $t_injected s" || bad "milk never became available: $(kubectl -n $NS describe pods -l app=milk | tail -15)"
 milk=$(kubectl -n $NS get pods -l app=milk -o jsonpath='{.items[0].metadata.name}')
 kubectl -n $NS get pod "$milk" -o json >"$WORK/milk.json"
-python3 - "$WORK/milk.json" <<'PYEOF' && ok "the agent is a native sidecar (restartable init container with a startup probe)" || bad "no native sidecar: $(python3 -c 'import json,sys; print([c["name"] for c in json.load(open(sys.argv[1]))["spec"].get("initContainers", [])])' "$WORK/milk.json")"
+python3 - "$WORK/milk.json" <<'PYEOF' && ok "the agent is a native sidecar (restartable init container, held by its postStart hook until the first render)" || bad "no native sidecar: $(python3 -c 'import json,sys; print([c["name"] for c in json.load(open(sys.argv[1]))["spec"].get("initContainers", [])])' "$WORK/milk.json")"
 import json, sys
 pod = json.load(open(sys.argv[1]))
-sidecars = [c for c in pod["spec"].get("initContainers", []) if c.get("restartPolicy") == "Always" and c.get("startupProbe")]
+sidecars = [c for c in pod["spec"].get("initContainers", []) if c.get("restartPolicy") == "Always" and c.get("lifecycle", {}).get("postStart")]
 sys.exit(0 if len(sidecars) == 1 and sidecars[0]["image"].endswith("vaultkeeper-agent:" + pod["spec"]["initContainers"][0]["image"].rsplit(":", 1)[1]) else 1)
 PYEOF
-python3 - "$WORK/milk.json" <<'PYEOF' && ok "the app container started after the agent's first render (its startup probe)" || bad "start order wrong"
+python3 - "$WORK/milk.json" <<'PYEOF' && ok "the app container started after the agent's first render" || bad "start order wrong"
 import json, sys
 from datetime import datetime
 pod = json.load(open(sys.argv[1]))
@@ -252,21 +233,36 @@ kubectl -n $NS rollout status deploy/plain --timeout=60s >/dev/null && t_plain=$
 [ "$(kubectl -n $NS get pods -l app=plain -o jsonpath='{.items[0].spec.initContainers}')" = "" ] && ok "agent-inject: false injects nothing" || bad "plain was injected"
 
 # --- figures --------------------------------------------------------------------------------------------
-rss_of() { # rss_of NAMESPACE POD CONTAINER: the container's main process VmRSS (MiB), read on the host
-  local id pid
+pid_of() { # pid_of NAMESPACE POD CONTAINER: the container's main process, as the host sees it
+  local id
   id=$(kubectl -n "$1" get pod "$2" -o json | python3 -c '
 import json, sys
 pod = json.load(sys.stdin)
 for s in pod["status"].get("containerStatuses", []) + pod["status"].get("initContainerStatuses", []):
     if s["name"] == sys.argv[1]:
         print(s["containerID"].split("//")[1])' "$3")
-  pid=$("${CTR[@]}" tasks ls | awk -v id="$id" '$1 == id { print $2 }')
-  awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status"
+  "${CTR[@]}" tasks ls | awk -v id="$id" '$1 == id { print $2 }'
+}
+rss_of() { # rss_of NAMESPACE POD CONTAINER: the container's main process VmRSS (MiB), read on the host
+  awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$(pid_of "$@")/status"
+}
+start_of() { # start_of NAMESPACE POD CONTAINER: when its main process started, in ms since boot
+  python3 -c '
+import os, sys
+fields = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split()
+print(int(fields[19]) * 1000 // os.sysconf("SC_CLK_TCK"))' "$(pid_of "$@")"
 }
 wh_pod=$(kubectl -n $REL_NS get pods -l app.kubernetes.io/name=vaultkeeper-webhook -o jsonpath='{.items[0].metadata.name}')
 agent_name=$(python3 -c 'import json,sys; print([c["name"] for c in json.load(open(sys.argv[1]))["spec"]["initContainers"] if c.get("restartPolicy") == "Always"][0])' "$WORK/milk.json")
 echo "figures: RSS operator (leader) $(rss_of $REL_NS "$op_pod" operator) MiB, webhook $(rss_of $REL_NS "$wh_pod" webhook) MiB, agent sidecar $(rss_of $NS "$milk" "$agent_name") MiB"
 echo "figures: Deployment available with injection $t_injected s, without $t_plain s"
+# The agent's part of a pod start, from the processes' own start times (10 ms resolution): the app
+# process starts this long after the agent's; the agent's log says how much of it was the render
+# (login and reads, until Vault answered); the rest is the postStart hook returning and the kubelet
+# starting the app container.
+agent_ms=$(start_of $NS "$milk" "$agent_name"); app_ms=$(start_of $NS "$milk" app)
+render_ms=$(kubectl -n $NS logs "$milk" -c "$agent_name" | sed -n 's/.*every secret rendered in \([0-9]*\) ms; ready.*/\1/p' | head -1)
+echo "figures: app started $((app_ms - agent_ms)) ms after the agent: render ${render_ms:-?} ms, then $((app_ms - agent_ms - ${render_ms:-0})) ms until the app started"
 
 # --- helm upgrade with a changed CRD, then helm uninstall: the users' resources stay -------------------
 cp -r charts/vaultkeeper "$WORK/chart"

@@ -12,12 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$VK_BIN:$PATH
-AGENT=${AGENT_BIN:-$PWD/target/debug/vaultkeeper-agent}
-WEBHOOK=${WEBHOOK_BIN:-$PWD/target/debug/vaultkeeper-webhook}
+. e2e/lib.sh
+AGENT=${AGENT_BIN:-$BUILD_DIR/vaultkeeper-agent}
+WEBHOOK=${WEBHOOK_BIN:-$BUILD_DIR/vaultkeeper-webhook}
 for bin in "$AGENT" "$WEBHOOK"; do
   [ -x "$bin" ] || { echo "FAILED: $bin missing (build it first)"; exit 1; }
 done
-. e2e/lib.sh
 NS=nsapp
 VNS=team-a
 WORK=$VK_STACK_DIR/namespace-e2e

@@ -82,7 +82,8 @@ jq_() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$p";
 [ "$(jq_ "[c['name'] for c in d['spec'].get('initContainers', [])]")" = "['vaultkeeper-agent-init']" ] \
   && ok "stored Pod has the agent as its init container" || bad "init containers: $(jq_ "d['spec'].get('initContainers')")"
 [ "$(jq_ "d['spec']['initContainers'][0].get('restartPolicy')")" = Always ] && ok "native sidecar (restartPolicy Always)" || bad "not a native sidecar"
-[ "$(jq_ "'startupProbe' in d['spec']['initContainers'][0]")" = True ] && ok "startup probe gates the app on the first render" || bad "no startup probe"
+[ "$(jq_ "d['spec']['initContainers'][0]['lifecycle']['postStart']['exec']['command'][:2]")" = "['vaultkeeper-agent', 'wait']" ] \
+  && ok "a postStart hook holds the app until the first render" || bad "no postStart hook: $(jq_ "d['spec']['initContainers'][0].get('lifecycle')")"
 [ "$(jq_ "[v for v in d['spec']['volumes'] if v['name']=='vaultkeeper-secrets'][0]['emptyDir']")" = "{'medium': 'Memory', 'sizeLimit': '16Mi'}" ] \
   && ok "in-memory secrets volume with a size limit" || bad "volume: $(jq_ "d['spec']['volumes']")"
 [ "$(jq_ "[m['mountPath'] for m in d['spec']['containers'][0]['volumeMounts'] if m['name']=='vaultkeeper-secrets']")" = "['/vault/secrets']" ] \

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
+# The debug builds (clippy, tests, the binaries the real-stack tier runs) are cached across clones
+# like the release and fuzz builds: a fresh clone then rebuilds only the workspace's own crates.
+# Set CARGO_TARGET_DIR to choose another place; the e2e scripts find the binaries there.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${VK_CACHE:-$HOME/.cache/vaultkeeper}/target}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

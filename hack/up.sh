@@ -25,23 +25,6 @@ export PATH=$VK_BIN:$PATH
 read -r -a CTR <<<"$VK_CTR"
 for c in operator webhook agent; do "${CTR[@]}" images import "target/images/vaultkeeper-$c.tar" >/dev/null; done
 
-# OpenBao, as the cluster reaches it: the Service vault.vault.svc.
-bao_port=${VK_BAO_NODE_ADDR##*:}
-kubectl create namespace vault >/dev/null
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: vault, namespace: vault}
-spec:
-  ports: [{name: http, port: 8200, targetPort: $bao_port}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: vault-1, namespace: vault, labels: {kubernetes.io/service-name: vault}}
-addressType: IPv4
-ports: [{name: http, port: $bao_port}]
-endpoints: [{addresses: ["$VK_NODE_IP"]}]
-EOF
 bao secrets enable pki >/dev/null
 bao secrets tune -max-lease-ttl=87600h pki >/dev/null
 bao write -field=certificate pki/root/generate/internal common_name="vaultkeeper demo CA" ttl=87600h >/dev/null 2>&1
@@ -54,7 +37,7 @@ taint_key=${VK_NODE_TAINT%%=*}
 on_node="nodeSelector: {kubernetes.io/hostname: $VK_NODE_NAME}, tolerations: [{key: $taint_key, operator: Exists}]"
 helm install vaultkeeper charts/vaultkeeper -n vaultkeeper-system --create-namespace --wait --timeout 180s \
   -f - >/dev/null <<EOF
-vault: {address: "http://vault.vault.svc:8200"}
+vault: {address: "$VK_BAO_SERVICE_ADDR"}
 operator: {replicas: 1, logFormat: text, $on_node}
 webhook: {replicas: 1, logFormat: text, $on_node}
 EOF

@@ -40,7 +40,9 @@
 //! - `mode: "init"`: render every secret once, then exit 0; exit non-zero on any failure so the pod
 //!   does not start with missing files. `mode: "sidecar"`: render, create `readyFile` once every
 //!   secret has been rendered, then keep tokens and leases renewed and re-render on change.
-//! - `vaultkeeper-agent probe` (the native sidecar's startup probe) reads the same variable and
+//! - `vaultkeeper-agent wait --timeout 120s` (the native sidecar's postStart hook) reads the same
+//!   variable and returns once `readyFile` exists, or exits 1 after the timeout;
+//!   `vaultkeeper-agent probe` (the startup probe of pods injected by earlier builds)
 //!   exits 0 if `readyFile` exists, 1 otherwise.
 //! - Secret values are never logged; paths, names and roles may be.
 //!
@@ -85,7 +87,7 @@ pub struct AgentConfig {
     pub role: String,
     /// File holding the pod's projected ServiceAccount token (re-read at every login).
     pub token_file: String,
-    /// File the sidecar creates once every secret is rendered (the startup probe checks it).
+    /// File the sidecar creates once every secret is rendered (the postStart hook waits for it).
     pub ready_file: String,
     /// The pod's default secrets mount path, e.g. `/vault/secrets` (informational: every secret
     /// carries its own `mountPath`).

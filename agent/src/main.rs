@@ -45,6 +45,13 @@ enum Command {
     Run,
     /// Exit 0 if the ready file exists (the native sidecar's startup probe), 1 otherwise.
     Probe,
+    /// Wait until the ready file exists, then exit 0; exit 1 after `--timeout` (the native
+    /// sidecar's postStart hook: the kubelet starts the next container once it returns).
+    Wait {
+        /// How long to wait for the first render.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,12 +72,16 @@ fn run(args: Args) -> Result<(), String> {
         .as_deref()
         .ok_or("no configuration: set VAULTKEEPER_AGENT_CONFIG (or --config)")?;
     let config = AgentConfig::parse(json).map_err(|e| e.to_string())?;
-    if args.command == Some(Command::Probe) {
-        return if std::path::Path::new(&config.ready_file).exists() {
-            Ok(())
-        } else {
-            Err(format!("not ready: {} does not exist", config.ready_file))
-        };
+    match args.command {
+        Some(Command::Probe) => {
+            return if std::path::Path::new(&config.ready_file).exists() {
+                Ok(())
+            } else {
+                Err(format!("not ready: {} does not exist", config.ready_file))
+            };
+        }
+        Some(Command::Wait { timeout }) => return wait_ready(&config.ready_file, timeout),
+        Some(Command::Run) | None => {}
     }
     let mut client = vault::VaultClient::new(
         &vault::VaultConfig {
@@ -173,6 +184,23 @@ async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
     }
 }
 
+/// Polls for the ready file: a stat every 10 ms costs nothing next to the render it waits for, and
+/// the app container starts within 10 ms of it.
+fn wait_ready(ready_file: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let path = std::path::Path::new(ready_file);
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not ready after {}s: {ready_file} does not exist (see the agent's log for why)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// `90`, `90s`, `5m`, `1h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     // A bare number of seconds, or the contract's (checked) duration syntax.
@@ -213,5 +241,35 @@ mod tests {
         let args = Args::try_parse_from(["vaultkeeper-agent", "probe", "--config", "{}"]).unwrap();
         assert_eq!(args.command, Some(Command::Probe));
         assert_eq!(args.poll_interval, Duration::from_secs(300));
+        let args = Args::try_parse_from(["vaultkeeper-agent", "wait", "--timeout", "7s"]).unwrap();
+        assert_eq!(
+            args.command,
+            Some(Command::Wait {
+                timeout: Duration::from_secs(7)
+            })
+        );
+    }
+
+    #[test]
+    fn wait_returns_once_the_ready_file_appears_and_fails_after_the_timeout() {
+        let dir = std::env::temp_dir().join(format!("vk-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let ready_name = ready.to_str().unwrap().to_owned();
+        let error = wait_ready(&ready_name, Duration::from_millis(50)).unwrap_err();
+        assert!(error.contains("does not exist"), "{error}");
+        let writer = {
+            let ready = ready.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(ready, "ready\n").unwrap();
+            })
+        };
+        let started = Instant::now();
+        wait_ready(&ready_name, Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        writer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

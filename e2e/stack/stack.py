@@ -226,6 +226,17 @@ class Stack:
         if real:
             node_env = real.up(server, pki, kubectl, kubeconfig, free_port)
             node_env.update({"VK_BAO_NODE_ADDR": f"http://{real.ip}:{bao_port}", "VK_PG_NODE_HOST": real.ip})
+            # OpenBao as Pods reach a Vault in a cluster: the Service vault.vault.svc (no selector;
+            # one EndpointSlice naming OpenBao's address on the node), resolved by the cluster DNS.
+            kubectl("create", "namespace", "vault")
+            kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "vault", "namespace": "vault"},
+                 "spec": {"ports": [{"name": "http", "port": 8200, "targetPort": bao_port}]}},
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "vault-1", "namespace": "vault", "labels": {"kubernetes.io/service-name": "vault"}},
+                 "addressType": "IPv4", "ports": [{"name": "http", "port": bao_port}], "endpoints": [{"addresses": [real.ip]}]},
+            ]}))
+            node_env["VK_BAO_SERVICE_ADDR"] = "http://vault.vault.svc:8200"
         values = {
             "VK_STACK_DIR": str(self.state), "KUBECONFIG": str(kubeconfig), "VK_KUBE_SERVER": server,
             "VK_KUBE_CA": str(pki / "ca.crt"), **env, "VK_BAO_AUDIT_LOG": str(self.state / "bao" / "audit.log"),

@@ -12,7 +12,7 @@
 //! | annotations | native sidecars supported | classic (no native sidecars) |
 //! |---|---|---|
 //! | `pre-populate-only` | init container (renders, exits) | same |
-//! | default (`pre-populate` true) | restartable init container whose startup probe passes after the first render, so the app starts with its files | init container + sidecar container |
+//! | default (`pre-populate` true) | restartable init container whose postStart hook returns after the first render, so the app starts with its files | init container + sidecar container |
 //! | `pre-populate: false` | restartable init container without startup gate | sidecar container only |
 //!
 //! Agent init containers go first, so the app's own init containers can read the secrets too.
@@ -30,8 +30,8 @@ use agent_contract::{
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, ExecAction, Pod, PodSpec, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, ExecAction, Lifecycle, LifecycleHandler,
+    Pod, PodSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -56,9 +56,11 @@ pub const RUN_VOLUME: &str = "vaultkeeper-agent-run";
 pub const TOKEN_DIR: &str = "/var/run/secrets/vaultkeeper/serviceaccount";
 /// Where the agent sees its scratch volume.
 pub const RUN_DIR: &str = "/var/run/vaultkeeper";
-/// The startup probe of a native sidecar: the agent binary must be on the image's `PATH` (the
-/// project's agent image sets `PATH=/`, where its binary is).
-pub const PROBE_COMMAND: &[&str] = &["vaultkeeper-agent", "probe"];
+/// The postStart hook of a native sidecar, before its `--timeout`: the agent binary must be on the
+/// image's `PATH` (the project's agent image sets `PATH=/`, where its binary is). The kubelet starts
+/// the next container as soon as the hook returns; a startup probe would be checked at most once
+/// a second, which measured as about a second more per pod start.
+pub const WAIT_COMMAND: &[&str] = &["vaultkeeper-agent", "wait"];
 
 /// How the webhook injects; set once from flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,7 +216,7 @@ pub fn plan(
         let mut container = agent(INIT_CONTAINER, AgentMode::Sidecar)?;
         container.restart_policy = Some("Always".into());
         if request.pre_populate {
-            container.startup_probe = Some(startup_probe(config));
+            container.lifecycle = Some(wait_for_first_render(config));
         }
         init_container = Some(container);
     } else {
@@ -446,20 +448,25 @@ fn security_context(request: &InjectionRequest, config: &WebhookConfig) -> Secur
     }
 }
 
-fn startup_probe(config: &WebhookConfig) -> Probe {
-    Probe {
-        exec: Some(ExecAction {
-            command: Some(
-                PROBE_COMMAND
-                    .iter()
-                    .map(|part| (*part).to_owned())
-                    .collect(),
-            ),
+/// Holds the app containers until the first render: the hook fails, and the kubelet restarts the
+/// sidecar, when the render takes longer than the startup timeout.
+fn wait_for_first_render(config: &WebhookConfig) -> Lifecycle {
+    let timeout = format!("{}s", config.startup_timeout_seconds.max(1));
+    Lifecycle {
+        post_start: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(
+                    WAIT_COMMAND
+                        .iter()
+                        .copied()
+                        .chain(["--timeout", timeout.as_str()])
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+            }),
+            ..LifecycleHandler::default()
         }),
-        period_seconds: Some(1),
-        timeout_seconds: Some(1),
-        failure_threshold: Some(config.startup_timeout_seconds.max(1)),
-        ..Probe::default()
+        ..Lifecycle::default()
     }
 }
 
