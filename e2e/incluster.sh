@@ -74,6 +74,8 @@ webhook:
   tolerations: [{key: $taint_key, operator: Exists}]
   # Only this script's namespace is sent to the webhook (the other scripts' Pods never are).
   namespaceSelector: {matchLabels: {vaultkeeper.dev/incluster-e2e: inject}}
+# Short, so the Pod below whose agent cannot render shows the timeout within the run.
+agent: {startupTimeoutSeconds: 8}
 EOF
 # CRDs applied earlier with kubectl (as the other scripts of the run do, and as users who move to
 # the chart have them) are adopted by the release the way Helm documents it.
@@ -231,6 +233,31 @@ inject_deploy plain false
 kubectl -n $NS rollout status deploy/plain --timeout=60s >/dev/null && t_plain=$(seconds_between "$t0" "$(date +%s.%N)") \
   && ok "the same Deployment without injection became available in $t_plain s" || bad "plain never became available"
 [ "$(kubectl -n $NS get pods -l app=plain -o jsonpath='{.items[0].spec.initContainers}')" = "" ] && ok "agent-inject: false injects nothing" || bad "plain was injected"
+
+# A Pod whose agent cannot log in (no such Vault role): the postStart hook gives up at the startup
+# timeout and says why in the Pod's events, the app never starts without its files, and deleting
+# the Pod meanwhile waits at most for that timeout.
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: norole
+  namespace: $NS
+  annotations:
+    vault.hashicorp.com/agent-inject: "true"
+    vault.hashicorp.com/role: no-such-role
+    vault.hashicorp.com/agent-inject-secret-config.txt: secret/data/incluster/config
+spec:
+$(pod_spec | sed 's/^    //')
+EOF
+hook_failed() { kubectl -n $NS get events --field-selector involvedObject.name=norole,reason=FailedPostStartHook -o jsonpath='{.items[*].message}' | contains -F 'not ready after 8s'; }
+eventually 45 hook_failed && ok "an agent that cannot render: the postStart hook fails after the startup timeout, saying why (event FailedPostStartHook)" \
+  || bad "no FailedPostStartHook event: $(kubectl -n $NS get events --field-selector involvedObject.name=norole 2>&1 | tail -5)"
+[ "$(kubectl -n $NS get pod norole -o jsonpath='{.status.containerStatuses[0].state.running}')" = "" ] \
+  && ok "its app container never started" || bad "the app started without its files"
+t0=$(date +%s.%N)
+kubectl -n $NS delete pod norole --timeout=60s >/dev/null && t_delete=$(seconds_between "$t0" "$(date +%s.%N)") \
+  && ok "deleting it while the agent waits took $t_delete s (at most the startup timeout, 8 s, plus the grace period)" || bad "the Pod was not deleted in 60 s"
 
 # --- figures --------------------------------------------------------------------------------------------
 pid_of() { # pid_of NAMESPACE POD CONTAINER: the container's main process, as the host sees it

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use crate::annotations::quantity_value;
-use crate::inject::WebhookConfig;
+use crate::inject::{StartupGate, WebhookConfig};
 
 /// vaultkeeper webhook: injects the vaultkeeper agent into annotated pods.
 #[derive(Parser, Debug)]
@@ -115,13 +115,25 @@ pub struct Args {
         default_value_t = 3600
     )]
     pub token_expiration_seconds: i64,
-    /// Seconds a native sidecar may take for its first render.
+    /// Seconds a native sidecar may take for its first render before the kubelet restarts it.
+    /// With the post-start gate this also bounds how long a pod deleted before its first render
+    /// takes to go.
     #[arg(
         long,
         env = "VAULTKEEPER_WEBHOOK_STARTUP_TIMEOUT_SECONDS",
-        default_value_t = 120
+        default_value_t = 30,
+        value_parser = clap::value_parser!(i32).range(1..=3600)
     )]
     pub startup_timeout_seconds: i32,
+    /// How a native sidecar holds the app until its first render: post-start (a postStart hook;
+    /// the app starts right after the render) or startup-probe (checked once a second).
+    #[arg(
+        long,
+        env = "VAULTKEEPER_WEBHOOK_STARTUP_GATE",
+        value_enum,
+        default_value = "post-start"
+    )]
+    pub startup_gate: StartupGate,
     /// Namespaces never injected (comma-separated).
     #[arg(
         long,
@@ -191,6 +203,7 @@ impl Args {
             token_audience: self.token_audience.clone().filter(|a| !a.is_empty()),
             token_expiration_seconds: self.token_expiration_seconds,
             startup_timeout_seconds: self.startup_timeout_seconds,
+            startup_gate: self.startup_gate,
             skip_namespaces: self
                 .skip_namespaces
                 .iter()

@@ -1,7 +1,8 @@
 //! Golden tests of the injection decision: `golden/<case>.pod.json` in, `golden/<case>.patch.json`
 //! out. The expected file holds the JSON patch, or `{"skip": reason}` / `{"deny": message}`.
-//! Cases whose name starts with `classic-` run without native sidecar support; the namespace is
-//! the pod's `metadata.namespace` (default `app`).
+//! Cases whose name starts with `classic-` run without native sidecar support, `probe-` with the
+//! startup-probe gate instead of the postStart hook; the namespace is the pod's
+//! `metadata.namespace` (default `app`).
 //!
 //! Every patch must apply, give a valid Pod, and carry agent configurations that the agent's own
 //! parser and validator (`agent_contract::AgentConfig::parse`) accept.
@@ -15,13 +16,18 @@ mod common;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use vaultkeeper_webhook::inject::{Decision, WebhookConfig, inject};
+use vaultkeeper_webhook::inject::{Decision, StartupGate, WebhookConfig, inject};
 
 fn config_for(case: &str) -> WebhookConfig {
     WebhookConfig {
         agent_image: "registry.example/vaultkeeper-agent:1.0.0".into(),
         vault_addr: "https://vault.vault.svc:8200".into(),
         native_sidecars: !case.starts_with("classic-"),
+        startup_gate: if case.starts_with("probe-") {
+            StartupGate::StartupProbe
+        } else {
+            StartupGate::PostStart
+        },
         ..WebhookConfig::default()
     }
 }
