@@ -146,17 +146,18 @@ async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
         "starting in sidecar mode (static secrets checked every {}s)",
         poll.as_secs()
     );
-    let mut ready = false;
+    // Shared with the select below: a stop before the first render is reported as a failure.
+    let ready = std::cell::Cell::new(false);
     let work = async {
         agent.restore().await;
         loop {
             for error in agent.pass(false).await {
                 warning!("{error}");
             }
-            if !ready && agent.all_rendered() {
+            if !ready.get() && agent.all_rendered() {
                 match agent.mark_ready() {
                     Ok(()) => {
-                        ready = true;
+                        ready.set(true);
                         info!(
                             "every secret rendered in {} ms; ready",
                             started.elapsed().as_millis()
@@ -171,16 +172,20 @@ async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
             tokio::time::sleep_until(next.into()).await;
         }
     };
-    tokio::select! {
-        () = work => Ok(()),
-        _ = terminate.recv() => {
-            info!("SIGTERM: exiting (files, token and leases are kept for a restart)");
-            Ok(())
-        }
-        _ = interrupt.recv() => {
-            info!("SIGINT: exiting");
-            Ok(())
-        }
+    let stopped = tokio::select! {
+        () = work => return Ok(()),
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    if ready.get() {
+        info!("{stopped}: exiting (files, token and leases are kept for a restart)");
+        Ok(())
+    } else {
+        // A failure, so the kubelet keeps this log's end as the container's last state
+        // (FallbackToLogsOnError): `kubectl describe pod` then shows why the first render failed.
+        Err(format!(
+            "{stopped} before every secret was rendered; the errors above say why"
+        ))
     }
 }
 
