@@ -192,10 +192,11 @@ async fn run_sidecar(mut agent: Agent, poll: Duration) -> Result<(), String> {
 /// Polls for the ready file: a stat every 10 ms costs nothing next to the render it waits for, and
 /// the app container starts within 10 ms of it.
 fn wait_ready(ready_file: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
+    // A timeout past what the clock can add (a bare number of seconds is accepted) never ends.
+    let deadline = Instant::now().checked_add(timeout);
     let path = std::path::Path::new(ready_file);
     while !path.exists() {
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return Err(format!(
                 "not ready after {}s: {ready_file} does not exist (see the agent's log for why)",
                 timeout.as_secs()
@@ -263,6 +264,11 @@ mod tests {
         let _ = std::fs::remove_file(&ready);
         let ready_name = ready.to_str().unwrap().to_owned();
         let error = wait_ready(&ready_name, Duration::from_millis(50)).unwrap_err();
+        // Any duration the flag accepts is a deadline or none, never an overflow.
+        let huge = parse_duration(&u64::MAX.to_string()).unwrap();
+        std::fs::write(&ready, "ready\n").unwrap();
+        wait_ready(&ready_name, huge).unwrap();
+        std::fs::remove_file(&ready).unwrap();
         assert!(error.contains("does not exist"), "{error}");
         let writer = {
             let ready = ready.clone();
