@@ -10,7 +10,11 @@ builds the release webhook and agent and the load generator (e2e/loadgen), and p
   2. Through the API server: Pods created with server-side dry run (?dryRun=All runs admission,
      mutating webhooks included, and stores nothing) at --rate, without and with the webhook
      registered: client-side latency of both, and the webhook call as the API server timed it
-     (apiserver_admission_webhook_admission_duration_seconds).
+     (apiserver_admission_webhook_admission_duration_seconds). That timing includes the API
+     server's own work on the answer (decoding it, applying the JSON patch, decoding the patched
+     Pod), so each run is paired with a reference webhook (e2e/refhook) that does no work and
+     answers with the same patch: the floor any webhook injecting this Pod has on this machine.
+     --apiserver-profile FILE keeps the API server's CPU profile of each run (go tool pprof).
   3. vaultkeeper-agent vs `bao agent` (OpenBao's fork of Vault Agent, what vault-k8s injects),
      the same 10 KV v2 secrets through the same 10 templates with a real ServiceAccount token:
      init mode (time to first render, peak RSS) and sidecar mode (steady RSS after --sidecar-seconds).
@@ -144,12 +148,15 @@ class Kube:
         self.ctx = ssl.create_default_context(cafile=self.ca)
         self.ctx.load_cert_chain(self.cert, self.key)
 
-    def request(self, method: str, path: str, body=None, content_type: str = "application/json"):
+    def raw(self, method: str, path: str, body=None, content_type: str = "application/json") -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method, headers={"Content-Type": content_type})
-        with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
-            raw = resp.read()
-            return json.loads(raw) if raw.startswith(b"{") else raw.decode()
+        with urllib.request.urlopen(req, context=self.ctx, timeout=120) as resp:
+            return resp.read()
+
+    def request(self, method: str, path: str, body=None, content_type: str = "application/json"):
+        raw = self.raw(method, path, body, content_type)
+        return json.loads(raw) if raw.startswith(b"{") else raw.decode()
 
 
 # --- Prometheus histograms -----------------------------------------------------------------------
@@ -172,6 +179,17 @@ def histogram(text: str, metric: str, **labels: str) -> dict:
         else:
             out[kind] += value
     return out
+
+
+def counter(text: str, metric: str, **labels: str) -> float:
+    """The sum of a counter's series whose labels include `labels`."""
+    total = 0.0
+    pattern = re.compile(rf"^{re.escape(metric)}(?:_total)?(?:\{{(.*)\}})? (\S+)")
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m and all(dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")).get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def histogram_delta(after: dict, before: dict) -> dict:
@@ -287,11 +305,13 @@ def template(i: int) -> str:
             'url=postgresql://{{ .Data.data.username }}:{{ .Data.data.password }}@db:5432/app\n{{- end }}\n')
 
 
-def serving_cert(work: Path) -> None:
-    """A serving certificate for 127.0.0.1 signed by a throwaway CA (as e2e/webhook.sh)."""
+def serving_cert(work: Path, key_type: str) -> None:
+    """A serving certificate for 127.0.0.1 signed by a throwaway CA. ECDSA P-256 by default, the key
+    type the operator issues the webhook's certificate with (operator/src/webhook_tls.rs)."""
     o = lambda *a: sh("openssl", *a, cwd=work)  # noqa: E731
-    o("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=webhook-ca")
-    o("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=vaultkeeper-webhook")
+    new_key = ["-newkey", "rsa:2048"] if key_type == "rsa" else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    o("req", "-x509", *new_key, "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=webhook-ca")
+    o("req", *new_key, "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=vaultkeeper-webhook")
     (work / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     o("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
       "-days", "1", "-extfile", "san.ext")
@@ -351,7 +371,13 @@ class Run:
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            try:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            except ChildProcessError:  # already reaped by Popen.poll(): it exited on its own
+                self.exit_time = self.exit_time or time.monotonic() - self.started
+                self.returncode = self.proc.returncode
+                self.watcher.join(1)
+                return
             if pid:
                 self.exit_time = time.monotonic() - self.started
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -466,8 +492,22 @@ def main() -> int:
     ap.add_argument("--agent", default=str(target / "release/vaultkeeper-agent"))
     ap.add_argument("--loadgen", default=str(target / "loadgen"))
     ap.add_argument("--bao", default=str(Path(os.environ.get("VK_BIN", "")) / "bao"))
-    ap.add_argument("--skip", action="append", default=[], choices=["handler", "apiserver", "agents"])
+    ap.add_argument("--key-type", choices=["ecdsa", "rsa"], default="ecdsa",
+                    help="the webhook's serving key: ecdsa (P-256, what the operator issues) or rsa (2048)")
+    ap.add_argument("--opted-out", action="store_true",
+                    help="load with a Pod that is not opted in (the webhook answers without a patch): what "
+                         "calling a webhook at all costs the API server, for comparison")
+    ap.add_argument("--apiserver-profile", metavar="FILE",
+                    help="write the API server's CPU profile of the run with the webhook to FILE")
+    ap.add_argument("--refhook", default=str(target / "refhook"))
+    ap.add_argument("--refhook-http2", action="store_true", help="let the reference webhook offer HTTP/2")
+    ap.add_argument("--skip", action="append", default=[], choices=["handler", "apiserver", "reference", "agents"])
+    ap.add_argument("--smoke", action="store_true",
+                    help="the short form CI runs (e2e/bench_smoke.sh): small sizes, and exit 1 if a phase did not "
+                         "work (errors, no calls, an agent failing or rendering differently); figures still not judged")
     args = ap.parse_args()
+    if args.smoke:
+        args.rate, args.duration, args.init_runs, args.sidecar_seconds = 20, 3, 1, 6
 
     work = Path(os.environ["VK_STACK_DIR"]) / "bench-injection"
     sh("rm", "-rf", str(work))
@@ -488,7 +528,7 @@ def main() -> int:
     token.write_text(sh("kubectl", "-n", NS, "create", "token", "web", "--duration=1h").strip())
 
     # The webhook (release build), with a serving certificate for 127.0.0.1.
-    serving_cert(work)
+    serving_cert(work, args.key_type)
     port, metrics_port = free_port(), free_port()
     wh_log = (Path(os.environ["VK_STACK_DIR"]) / "logs" / "webhook-bench.log").open("w")
     webhook = subprocess.Popen([args.webhook, "--addr", f"127.0.0.1:{port}", "--cert-file", str(work / "tls.crt"),
@@ -498,16 +538,38 @@ def main() -> int:
                                env={**os.environ, "RUST_LOG": "warn"}, stdout=wh_log, stderr=wh_log)
     wh_metrics = lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: E731
     wh_hist = lambda: histogram(wh_metrics(), "vaultkeeper_webhook_admission_duration_seconds")  # noqa: E731
+    wh_connections = lambda: counter(wh_metrics(), "vaultkeeper_webhook_connections", result="ok")  # noqa: E731
     api_hist = lambda: histogram(kube.request("GET", "/metrics"), "apiserver_admission_webhook_admission_duration_seconds",  # noqa: E731
                                  name=WEBHOOK_NAME)
     report: dict = {}
+    refhook, ref_port = None, 0
     pids_dir = Path(os.environ["VK_STACK_DIR"]) / "pids"
     apiserver = int((pids_dir / "kube-apiserver.pid").read_text())
     etcd = int((pids_dir / "etcd.pid").read_text())
     try:
         wait_for("the webhook", lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=2).status == 200)
-        review = json.dumps(admission_review(app_pod("bench"))).encode()
-        pod_body = json.dumps(app_pod("bench")).encode()
+        bench_pod = app_pod("bench")
+        if args.opted_out:
+            bench_pod["metadata"]["annotations"]["vault.hashicorp.com/agent-inject"] = "false"
+        review = json.dumps(admission_review(bench_pod)).encode()
+        pod_body = json.dumps(bench_pod).encode()
+
+        if "reference" not in args.skip:
+            # The same patch from a webhook that does no work (e2e/refhook): the floor for any
+            # webhook injecting this, on this machine.
+            patch = json.loads(urllib.request.urlopen(urllib.request.Request(
+                f"https://127.0.0.1:{port}/mutate", data=review, headers={"Content-Type": "application/json"}),
+                context=ssl.create_default_context(cafile=str(work / "ca.crt")), timeout=10).read())["response"].get("patch")
+            (work / "reference.patch.json").write_bytes(base64.b64decode(patch) if patch else b"")
+            ref_port = free_port()
+            ref_log = (Path(os.environ["VK_STACK_DIR"]) / "logs" / "refhook-bench.log").open("w")
+            refhook = subprocess.Popen([args.refhook, f"-addr=127.0.0.1:{ref_port}", f"-cert={work / 'tls.crt'}",
+                                        f"-key={work / 'tls.key'}", f"-patch={work / 'reference.patch.json'}",
+                                        f"-http2={'true' if args.refhook_http2 else 'false'}"],
+                                       stdout=ref_log, stderr=ref_log)
+            wait_for("the reference webhook", lambda: urllib.request.urlopen(
+                f"https://127.0.0.1:{ref_port}/healthz", context=ssl.create_default_context(cafile=str(work / "ca.crt")),
+                timeout=2).status == 200)
 
         if "handler" not in args.skip:
             print(f"1/3 handler direct: {args.rate:g}/s for {args.duration}s ...", flush=True)
@@ -517,6 +579,12 @@ def main() -> int:
                                     (str(work / "ca.crt"), "", ""))
             report["direct_cpu"] = cpu.done()
             report["direct_handler"] = histogram_delta(wh_hist(), h0)
+            if refhook:
+                print("    ... and the reference webhook ...", flush=True)
+                cpu = CpuWindow({"refhook": refhook.pid})
+                report["direct_ref"] = load(args, f"https://127.0.0.1:{ref_port}/mutate", review, work, "direct-ref",
+                                            (str(work / "ca.crt"), "", ""))
+                report["direct_ref_cpu"] = cpu.done()
 
         if "apiserver" not in args.skip:
             cert = (kube.ca, kube.cert, kube.key)
@@ -525,33 +593,87 @@ def main() -> int:
             cpu = CpuWindow({"kube-apiserver": apiserver, "etcd": etcd})
             report["api_without"] = load(args, url, pod_body, work, "api-without", cert)
             report["api_without_cpu"] = cpu.done()
-            register_webhook(port, work)
-
             def mutated() -> bool:
                 created = kube.request("POST", f"/api/v1/namespaces/{NS}/pods?dryRun=All", app_pod("probe"))
                 return created["metadata"].get("annotations", {}).get("vaultkeeper.dev/status") == "injected"
 
-            wait_for("the API server to call the webhook", mutated, 30)
-            print(f"    ... and with the webhook: {args.rate:g}/s for {args.duration}s ...", flush=True)
-            a0, h0 = api_hist(), wh_hist()
-            cpu = CpuWindow({"kube-apiserver": apiserver, "etcd": etcd, "webhook": webhook.pid})
-            peers = PeerWatch(port)
-            report["api_with"] = load(args, url, pod_body, work, "api-with", cert)
-            report["api_with_cpu"] = cpu.done()
-            report["api_with_peers"] = peers.done()
-            report["api_webhook"] = histogram_delta(api_hist(), a0)
-            report["api_handler"] = histogram_delta(wh_hist(), h0)
-            sh("kubectl", "delete", "mutatingwebhookconfiguration", "vaultkeeper-bench")
+            def with_webhook(key: str, label: str, hook_port: int, pids: dict) -> None:
+                """One run with the webhook at `hook_port` registered; its figures under `key`."""
+                register_webhook(hook_port, work)
+                wait_for("the API server to call the webhook", mutated, 30)
+                print(f"    ... with {label}: {args.rate:g}/s for {args.duration}s ...", flush=True)
+                a0, h0, c0 = api_hist(), wh_hist(), wh_connections()
+                cpu = CpuWindow({"kube-apiserver": apiserver, "etcd": etcd, **pids})
+                peers = PeerWatch(hook_port)
+                profile = None
+                if args.apiserver_profile:
+                    # The API server's own CPU profile over most of the run (its /debug/pprof, on by
+                    # default): `go tool pprof -top <file>` shows where its time went.
+                    seconds = max(1, args.duration - 2)
+                    target = Path(f"{args.apiserver_profile}.{key}")
+                    profile = threading.Thread(target=lambda: target.write_bytes(
+                        kube.raw("GET", f"/debug/pprof/profile?seconds={seconds}")), daemon=True)
+                    profile.start()
+                report[key] = load(args, url, pod_body, work, key, cert)
+                if profile:
+                    profile.join(30)
+                report[f"{key}_cpu"] = cpu.done()
+                report[f"{key}_peers"] = peers.done()
+                report[f"{key}_handshakes"] = wh_connections() - c0
+                report[f"{key}_webhook"] = histogram_delta(api_hist(), a0)
+                report[f"{key}_handler"] = histogram_delta(wh_hist(), h0)
+                sh("kubectl", "delete", "mutatingwebhookconfiguration", "vaultkeeper-bench")
+                wait_for("the API server to stop calling the webhook", lambda: not mutated(), 30)
+
+            with_webhook("api_with", "vaultkeeper-webhook", port, {"webhook": webhook.pid})
+            if refhook:
+                with_webhook("api_ref", "the reference webhook (no work, the same patch)", ref_port,
+                             {"refhook": refhook.pid})
     finally:
         webhook.terminate()
         webhook.wait(10)
+        if refhook:
+            refhook.terminate()
+            refhook.wait(10)
 
     if "agents" not in args.skip:
         print(f"3/3 agents: {args.init_runs} init runs each, then {args.sidecar_seconds}s in sidecar mode each ...", flush=True)
         report["agents"] = bench_agents(args, work, token)
 
     print_report(args, report)
+    if args.smoke:
+        print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
+              "docs/performance.md")
+        broken = smoke_failures(report)
+        for reason in broken:
+            print(f"smoke: {reason}")
+        print("smoke: every phase worked" if not broken else "smoke: FAILED")
+        return 1 if broken else 0
     return 0
+
+
+def smoke_failures(report: dict) -> list:
+    """What did not work in a run (not how fast it was)."""
+    broken = []
+    for key in ("direct", "direct_ref", "api_without", "api_with", "api_ref"):
+        if key in report and (report[key]["errors"] or not report[key]["latencyMs"]):
+            broken.append(f"{key}: {report[key]['errors']} errors ({report[key].get('firstError')}), "
+                          f"{len(report[key]['latencyMs'])} answered")
+    for key in ("api_with_webhook", "api_ref_webhook"):
+        if key in report and not report[key]["count"]:
+            broken.append(f"{key}: the API server recorded no webhook call")
+    if "direct_handler" in report and not report["direct_handler"]["count"]:
+        broken.append("the handler's histogram recorded no review")
+    if "agents" in report:
+        a = report["agents"]
+        if not a["same_output"]:
+            broken.append("the agents rendered different files")
+        for kind in ("vaultkeeper", "bao"):
+            if any(r.returncode != 0 or r.first_render is None for r in a[kind]["init"]):
+                broken.append(f"{kind}: an init run failed")
+            if not a[kind]["sidecar"]["alive"] or a[kind]["sidecar"]["run"].first_render is None:
+                broken.append(f"{kind}: the sidecar run failed")
+    return broken
 
 
 def print_report(args, report: dict) -> None:
@@ -563,21 +685,33 @@ def print_report(args, report: dict) -> None:
         print(f"  client-side (Go, TLS keep-alive)     {fmt_load(report['direct'])}")
         print(f"  handler's own time (its histogram)   {fmt_quantiles(report['direct_handler'])}")
         print(f"  CPU during the run                   {report['direct_cpu']} (loadgen not shown)")
+        if "direct_ref" in report:
+            print(f"  the reference webhook, client-side   {fmt_load(report['direct_ref'])}")
+            print(f"  the reference webhook, CPU           {report['direct_ref_cpu']}")
     if "api_with" in report:
         print(f"\nThrough the API server (POST pods?dryRun=All, {args.rate:g}/s for {args.duration}s)")
         print(f"  client-side, no webhook              {fmt_load(report['api_without'])}")
-        print(f"  client-side, with the webhook        {fmt_load(report['api_with'])}")
         print(f"  CPU, no webhook                      {report['api_without_cpu']}")
-        print(f"  CPU, with the webhook                {report['api_with_cpu']}")
-        print(f"  API server -> webhook connections    {report['api_with_peers']} distinct, seen in 0.2 s samples")
-        w, wo = report["api_with"]["latencyMs"], report["api_without"]["latencyMs"]
-        if w and wo:
-            print(f"  difference (with - without)          p50 {pct(w, 50) - pct(wo, 50):+7.3f} ms   p99 {pct(w, 99) - pct(wo, 99):+7.3f} ms")
-        h = report["api_webhook"]
-        print(f"  webhook call, API server's timing    {fmt_quantiles(h, interpolate=False)}")
-        print(f"      (apiserver_admission_webhook_admission_duration_seconds, buckets 5/25/100 ms...: "
-              f"{share_at_most(h, 0.005) * 100:.2f}% of calls <= 5 ms; the mean is exact: sum/count)")
-        print(f"  handler's own time in that run       {fmt_quantiles(report['api_handler'])}")
+        runs = [("api_with", "vaultkeeper-webhook")]
+        if "api_ref" in report:
+            runs.append(("api_ref", "the reference webhook (e2e/refhook: no work, the same patch"
+                                    + (", HTTP/2 offered)" if args.refhook_http2 else ")")))
+        wo = report["api_without"]["latencyMs"]
+        for key, label in runs:
+            print(f"  with {label}")
+            print(f"    client-side                        {fmt_load(report[key])}")
+            w = report[key]["latencyMs"]
+            if w and wo:
+                print(f"    difference (with - without)        p50 {pct(w, 50) - pct(wo, 50):+7.3f} ms   p99 {pct(w, 99) - pct(wo, 99):+7.3f} ms")
+            print(f"    CPU                                {report[f'{key}_cpu']}")
+            h = report[f"{key}_webhook"]
+            print(f"    webhook call, API server's timing  {fmt_quantiles(h, interpolate=False)}")
+            print(f"      (apiserver_admission_webhook_admission_duration_seconds, buckets 5/25/100 ms...: "
+                  f"{share_at_most(h, 0.005) * 100:.2f}% of calls <= 5 ms; the mean is exact: sum/count)")
+            print(f"    API server -> webhook connections  {report[f'{key}_peers']} distinct peers seen in 0.2 s samples"
+                  + (f", {report[f'{key}_handshakes']:.0f} TLS handshakes (vaultkeeper_webhook_connections_total)"
+                     if key == "api_with" else ""))
+        print(f"  vaultkeeper-webhook handler's time   {fmt_quantiles(report['api_with_handler'])}")
     if "agents" in report:
         a = report["agents"]
         print(f"\nAgents rendering the same {TEMPLATES} KV v2 secrets through the same {TEMPLATES} templates "
@@ -589,7 +723,7 @@ def print_report(args, report: dict) -> None:
             for kind in ("vaultkeeper", "bao"):
                 try:
                     cells.append(fn(a[kind]))
-                except (TypeError, ValueError, KeyError):
+                except (TypeError, ValueError, KeyError, IndexError):
                     cells.append("n/a")
             print(f"  {label:34}{cells[0]:>22}{cells[1]:>22}  {unit}")
 
@@ -614,10 +748,19 @@ def print_report(args, report: dict) -> None:
         est, lo, hi = quantile(report["direct_handler"], 0.99)
         print(f"  handler p99 <= 0.5 ms                {verdict(hi <= 0.0005, est <= 0.0005)} "
               f"(estimate {fmt_ms(est)} ms, in bucket {lo * 1000:g}-{hi * 1000:g} ms; from the handler's histogram, direct run)")
-    if "api_webhook" in report:
-        h = report["api_webhook"]
+    if "api_with_webhook" in report:
+        h = report["api_with_webhook"]
+        ref = (f"; the reference webhook {share_at_most(report['api_ref_webhook'], 0.005) * 100:.1f}%"
+               if "api_ref_webhook" in report else "")
         print(f"  API-server-observed p99 <= 5 ms      {verdict(share_at_most(h, 0.005) >= 0.99, False)} "
-              f"({share_at_most(h, 0.005) * 100:.1f}% of webhook calls <= 5 ms by the API server's histogram)")
+              f"({share_at_most(h, 0.005) * 100:.1f}% of webhook calls <= 5 ms by the API server's histogram{ref})")
+        w, wo = report["api_with"]["latencyMs"], report["api_without"]["latencyMs"]
+        if w and wo:
+            added = pct(w, 50) - pct(wo, 50)
+            ref = ""
+            if report.get("api_ref", {}).get("latencyMs"):
+                ref = f"; the reference webhook {pct(report['api_ref']['latencyMs'], 50) - pct(wo, 50):+.3f} ms"
+            print(f"  Pod creates +<= 1 ms at p50          {verdict(added <= 1.0, False)} ({added:+.3f} ms{ref})")
     if "agents" in report:
         a = report["agents"]
         ours = [r for r in a["vaultkeeper"]["init"] if r.returncode == 0]

@@ -109,7 +109,12 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=75, help="seconds of steady state to measure")
     ap.add_argument("--probe", type=int, default=50, help="CRs created while the N refresh")
     ap.add_argument("--operator", default=str(ROOT / "target/release/vaultkeeper-operator"))
+    ap.add_argument("--smoke", action="store_true",
+                    help="the short form CI runs (e2e/bench_smoke.sh): small sizes, and exit 1 if the run did not work "
+                         "(a probe Secret never seen, no unchanged refresh); figures still not judged")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.namespaces, args.refresh, args.window, args.probe = 20, 2, "10s", 25, 5
 
     kube = Kube()
     bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
@@ -262,6 +267,18 @@ def main() -> int:
         print(f"  logins per identity                      {logins_start / len(namespaces):.1f} at start, "
               f"{logins_window / len(namespaces):.1f} in the {window:.0f}s window "
               f"(= {logins_window / len(namespaces) * 3600 / window:.1f}/h)")
+        if args.smoke:
+            broken = []
+            print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
+                  "docs/performance.md")
+            if len(latencies) != args.probe:
+                broken.append(f"{args.probe - len(latencies)} of {args.probe} probe Secrets never seen")
+            if not unchanged:
+                broken.append("no unchanged refresh in the window")
+            for reason in broken:
+                print(f"smoke: {reason}")
+            print("smoke: the run worked" if not broken else "smoke: FAILED")
+            return 1 if broken else 0
         return 0
     finally:
         op.terminate()

@@ -3,6 +3,7 @@
 # the webhook handler direct and through the API server at a fixed rate, and vaultkeeper-agent vs
 # `bao agent` rendering the same 10 templates.
 # Usage: hack/bench-injection.sh [--rate 200] [--duration 30] [--init-runs 5] [--sidecar-seconds 20]
+#        [--key-type ecdsa|rsa] [--opted-out] [--refhook-http2] [--apiserver-profile FILE] [--skip PHASE]
 # Binaries go to $CARGO_TARGET_DIR (default target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ cargo build -q --release -p vaultkeeper-webhook -p vaultkeeper-agent
 mkdir -p "$CARGO_TARGET_DIR"
 GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$CACHE/go/build GOFLAGS= \
   go build -trimpath -o "$CARGO_TARGET_DIR/loadgen" e2e/loadgen/main.go
+# The reference webhook the benchmark compares ours with (it does no work of its own).
+GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$CACHE/go/build GOFLAGS= \
+  go build -trimpath -o "$CARGO_TARGET_DIR/refhook" e2e/refhook/main.go
 STATE=target/bench-injection
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"

@@ -15,11 +15,18 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    /// `ok`, or why the TLS handshake failed (`handshake_error`, `handshake_timeout`).
+    result: &'static str,
+}
+
 /// Every metric the webhook exports, registered once.
 pub struct Metrics {
     registry: Registry,
     admissions: Family<ResultLabels, Counter>,
     duration: Histogram,
+    connections: Family<ConnectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,10 +45,19 @@ impl Default for Metrics {
             "Time spent answering one admission review, decoding included",
             duration.clone(),
         );
+        // A client that keeps its connections makes this grow by a handful, not once per review:
+        // each new connection costs both sides a TLS handshake.
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Accepted connections by the result of their TLS handshake (ok, handshake_error, handshake_timeout)",
+            connections.clone(),
+        );
         Self {
             registry,
             admissions,
             duration,
+            connections,
         }
     }
 }
@@ -54,6 +70,13 @@ impl Metrics {
             })
             .inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// One accepted connection whose TLS handshake ended with `result`.
+    pub fn connection(&self, result: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels { result })
+            .inc();
     }
 
     /// The text exposition format.

@@ -91,6 +91,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -109,22 +110,31 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // A response is written in one go and the client waits for all of it: never hold its
+        // last segment back for an ACK (Nagle's algorithm).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "failed to set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let tls_stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => tls_stream,
                     Ok(Err(error)) => {
+                        metrics.connection("handshake_error");
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        metrics.connection("handshake_timeout");
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
                 };
+            metrics.connection("ok");
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls_stream), service);
             if let Err(error) = watcher.watch(connection).await {

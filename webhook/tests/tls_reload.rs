@@ -68,6 +68,16 @@ async fn served_certificate(
     cert
 }
 
+/// The value of `vaultkeeper_webhook_connections_total{result=...}`, 0 when absent.
+fn connections(metrics: &Metrics, result: &str) -> u64 {
+    let prefix = format!("vaultkeeper_webhook_connections_total{{result=\"{result}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+        .map_or(0, |value| value.parse().expect("a counter value"))
+}
+
 #[tokio::test]
 async fn serves_the_new_certificate_after_rotation() {
     let dir = std::env::temp_dir().join(format!("vaultkeeper-webhook-tls-{}", std::process::id()));
@@ -80,14 +90,18 @@ async fn serves_the_new_certificate_after_rotation() {
     let watcher = tokio::spawn(cert.clone().watch(Duration::from_millis(20)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = router(
-        Arc::new(WebhookConfig::default()),
-        Arc::new(Metrics::default()),
-    );
+    let metrics = Arc::new(Metrics::default());
+    let app = router(Arc::new(WebhookConfig::default()), metrics.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_tls(listener, server_config, app, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve_tls(
+        listener,
+        server_config,
+        app,
+        metrics.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.issuer.der().clone()).expect("CA");
@@ -103,6 +117,25 @@ async fn serves_the_new_certificate_after_rotation() {
     let client = Arc::new(client);
 
     assert_eq!(served_certificate(addr, client.clone()).await, first);
+    // Every accepted connection is counted by how its handshake ended: the figure that shows a
+    // client (the API server) keeping its connections instead of paying a handshake per review.
+    assert_eq!(connections(&metrics, "ok"), 1, "{}", metrics.encode());
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    plain.read_to_end(&mut rest).await.ok();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connections(&metrics, "handshake_error") != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a plain-HTTP client was not counted as a failed handshake: {}",
+            metrics.encode()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let second = ca.issue("second", &dir);
     assert_ne!(first, second);
