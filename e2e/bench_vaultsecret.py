@@ -101,6 +101,35 @@ def pct(values: list, p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
+def create_unrelated(args, kube, namespaces: list, pid: int) -> dict:
+    """Creates args.unrelated Secrets and as many ConfigMaps that the operator does not manage, over
+    the namespaces, with the load generator (keep-alive, generateName); the operator's RSS before
+    and a while after."""
+    cfg = json.loads(Path(os.environ["KUBECONFIG"]).read_text())["users"][0]["user"]
+    work = Path(os.environ["VK_STACK_DIR"]) / "bench-unrelated"
+    work.mkdir(exist_ok=True)
+    payload = {"config": "x" * 512}  # a typical small object
+    bodies = {"secrets": {"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "unrelated-"},
+                          "stringData": payload},
+              "configmaps": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "unrelated-"},
+                             "data": payload}}
+    before = rss_kib(pid, "VmRSS")
+    t0, errors = time.monotonic(), 0
+    per_ns = max(1, args.unrelated // len(namespaces))
+    for kind, body in bodies.items():
+        (work / f"{kind}.json").write_text(json.dumps(body))
+        for ns in namespaces:
+            out = subprocess.run([args.loadgen, f"-url={os.environ['VK_KUBE_SERVER']}/api/v1/namespaces/{ns}/{kind}",
+                                  f"-body={work / f'{kind}.json'}", f"-rate={args.unrelated_rate}",
+                                  f"-duration={per_ns / args.unrelated_rate}s", "-workers=16",
+                                  f"-ca={os.environ['VK_KUBE_CA']}", f"-cert={cfg['client-certificate']}",
+                                  f"-key={cfg['client-key']}"], check=True, capture_output=True, text=True).stdout
+            errors += json.loads(out)["errors"]
+    seconds = time.monotonic() - t0
+    time.sleep(10)  # anything the operator would cache or queue has arrived by now
+    return {"before": before, "after": rss_kib(pid, "VmRSS"), "seconds": seconds, "errors": errors}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="VaultSecrets that keep refreshing")
@@ -108,13 +137,20 @@ def main() -> int:
     ap.add_argument("--refresh", default="30s", help="refreshInterval of the N")
     ap.add_argument("--window", type=int, default=75, help="seconds of steady state to measure")
     ap.add_argument("--probe", type=int, default=50, help="CRs created while the N refresh")
-    ap.add_argument("--operator", default=str(ROOT / "target/release/vaultkeeper-operator"))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    ap.add_argument("--operator", default=str(target / "release/vaultkeeper-operator"))
+    ap.add_argument("--unrelated", type=int, default=0,
+                    help="afterwards, create this many Secrets and as many ConfigMaps that are not the operator's "
+                         "(e2e/loadgen, generateName) and print how much the operator's RSS grew")
+    ap.add_argument("--unrelated-rate", type=int, default=400, help="creates per second for --unrelated")
+    ap.add_argument("--loadgen", default=str(target / "loadgen"))
     ap.add_argument("--smoke", action="store_true",
                     help="the short form CI runs (e2e/bench_smoke.sh): small sizes, and exit 1 if the run did not work "
                          "(a probe Secret never seen, no unchanged refresh); figures still not judged")
     args = ap.parse_args()
     if args.smoke:
         args.n, args.namespaces, args.refresh, args.window, args.probe = 20, 2, "10s", 25, 5
+        args.unrelated, args.unrelated_rate = 200, 100
 
     kube = Kube()
     bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
@@ -267,8 +303,16 @@ def main() -> int:
         print(f"  logins per identity                      {logins_start / len(namespaces):.1f} at start, "
               f"{logins_window / len(namespaces):.1f} in the {window:.0f}s window "
               f"(= {logins_window / len(namespaces) * 3600 / window:.1f}/h)")
+        unrelated = None
+        if args.unrelated:
+            unrelated = create_unrelated(args, kube, namespaces, op.pid)
+            print(f"  {args.unrelated} unrelated Secrets and {args.unrelated} ConfigMaps   RSS {unrelated['before'] / 1024:.1f} MiB "
+                  f"before, {unrelated['after'] / 1024:.1f} MiB after ({(unrelated['after'] - unrelated['before']) / 1024:+.1f} MiB; "
+                  f"created in {unrelated['seconds']:.0f} s, {unrelated['errors']} errors)")
         if args.smoke:
             broken = []
+            if unrelated and unrelated["errors"]:
+                broken.append(f"{unrelated['errors']} unrelated creates failed")
             print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
                   "docs/performance.md")
             if len(latencies) != args.probe:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks against the real stack; prints figures, asserts nothing (see e2e/bench_*.py).
-# Usage: hack/bench.sh [--n 1000] [--window 75] ...   (arguments go to e2e/bench_vaultsecret.py)
+# Usage: hack/bench.sh [--n 1000] [--window 75] [--unrelated 100000] ...   (arguments go to e2e/bench_vaultsecret.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 bash e2e/stack/install.sh
 cargo build -q --release -p vaultkeeper-operator
+# The load generator, for --unrelated (Go standard library only).
+mkdir -p "$CARGO_TARGET_DIR"
+GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}/go/build GOFLAGS= \
+  go build -trimpath -o "$CARGO_TARGET_DIR/loadgen" e2e/loadgen/main.go
 STATE=target/bench
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"
