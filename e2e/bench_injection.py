@@ -554,12 +554,13 @@ def main() -> int:
         review = json.dumps(admission_review(bench_pod)).encode()
         pod_body = json.dumps(bench_pod).encode()
 
+        webhook_ctx = ssl.create_default_context(cafile=str(work / "ca.crt"))  # trusts both webhooks
         if "reference" not in args.skip:
             # The same patch from a webhook that does no work (e2e/refhook): the floor for any
             # webhook injecting this, on this machine.
             patch = json.loads(urllib.request.urlopen(urllib.request.Request(
                 f"https://127.0.0.1:{port}/mutate", data=review, headers={"Content-Type": "application/json"}),
-                context=ssl.create_default_context(cafile=str(work / "ca.crt")), timeout=10).read())["response"].get("patch")
+                context=webhook_ctx, timeout=10).read())["response"].get("patch")
             (work / "reference.patch.json").write_bytes(base64.b64decode(patch) if patch else b"")
             ref_port = free_port()
             ref_log = (Path(os.environ["VK_STACK_DIR"]) / "logs" / "refhook-bench.log").open("w")
@@ -568,7 +569,7 @@ def main() -> int:
                                         f"-http2={'true' if args.refhook_http2 else 'false'}"],
                                        stdout=ref_log, stderr=ref_log)
             wait_for("the reference webhook", lambda: urllib.request.urlopen(
-                f"https://127.0.0.1:{ref_port}/healthz", context=ssl.create_default_context(cafile=str(work / "ca.crt")),
+                f"https://127.0.0.1:{ref_port}/healthz", context=webhook_ctx,
                 timeout=2).status == 200)
 
         if "handler" not in args.skip:

@@ -35,8 +35,9 @@ class Kube:
         cfg = json.loads(Path(os.environ["KUBECONFIG"]).read_text())
         user = cfg["users"][0]["user"]
         self.server = os.environ["VK_KUBE_SERVER"]
-        self.ctx = ssl.create_default_context(cafile=os.environ["VK_KUBE_CA"])
-        self.ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+        self.ca, self.cert, self.key = os.environ["VK_KUBE_CA"], user["client-certificate"], user["client-key"]
+        self.ctx = ssl.create_default_context(cafile=self.ca)
+        self.ctx.load_cert_chain(self.cert, self.key)
         self.local = threading.local()
 
     def request(self, method: str, path: str, body=None):
@@ -105,7 +106,6 @@ def create_unrelated(args, kube, namespaces: list, pid: int) -> dict:
     """Creates args.unrelated Secrets and as many ConfigMaps that the operator does not manage, over
     the namespaces, with the load generator (keep-alive, generateName); the operator's RSS before
     and a while after."""
-    cfg = json.loads(Path(os.environ["KUBECONFIG"]).read_text())["users"][0]["user"]
     work = Path(os.environ["VK_STACK_DIR"]) / "bench-unrelated"
     work.mkdir(exist_ok=True)
     payload = {"config": "x" * 512}  # a typical small object
@@ -119,11 +119,11 @@ def create_unrelated(args, kube, namespaces: list, pid: int) -> dict:
     for kind, body in bodies.items():
         (work / f"{kind}.json").write_text(json.dumps(body))
         for ns in namespaces:
-            out = subprocess.run([args.loadgen, f"-url={os.environ['VK_KUBE_SERVER']}/api/v1/namespaces/{ns}/{kind}",
+            out = subprocess.run([args.loadgen, f"-url={kube.server}/api/v1/namespaces/{ns}/{kind}",
                                   f"-body={work / f'{kind}.json'}", f"-rate={args.unrelated_rate}",
                                   f"-duration={per_ns / args.unrelated_rate}s", "-workers=16",
-                                  f"-ca={os.environ['VK_KUBE_CA']}", f"-cert={cfg['client-certificate']}",
-                                  f"-key={cfg['client-key']}"], check=True, capture_output=True, text=True).stdout
+                                  f"-ca={kube.ca}", f"-cert={kube.cert}", f"-key={kube.key}"],
+                                 check=True, capture_output=True, text=True).stdout
             errors += json.loads(out)["errors"]
     seconds = time.monotonic() - t0
     time.sleep(10)  # anything the operator would cache or queue has arrived by now
