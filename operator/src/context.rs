@@ -31,6 +31,8 @@ pub struct Context {
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
     pub refresh_lane: Semaphore,
+    /// Identical refresh reads (same source, same identity), made once.
+    pub shared_reads: crate::vault_secret::shared::SharedReads,
     /// Per-identity tokens that issue leases (DynamicCredential), renewed and stored.
     pub lease_tokens: LeaseTokens,
     /// A lease token is replaced this long before its hard end (its leases are rotated first).
@@ -68,11 +70,20 @@ impl Context {
             cert_secrets: cert_secrets.into(),
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
+            shared_reads: crate::vault_secret::shared::SharedReads::new(
+                crate::vault_secret::shared::WINDOW,
+            ),
             lease_tokens,
             restarts,
             token_replace_before: Duration::from_secs(120),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Refreshes share answers for `window` instead of the default (zero: never).
+    pub fn with_shared_read_window(mut self, window: Duration) -> Self {
+        self.shared_reads = crate::vault_secret::shared::SharedReads::new(window);
+        self
     }
 
     /// Watches through `client` rather than through the request client.

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub logins: Family<ResultLabels, Counter>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub restarts: Family<KindLabels, Counter>,
+    /// Reads answered by another read of the same source and identity (no request of their own).
+    pub shared_reads: Family<OperationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,9 +113,16 @@ impl Default for Metrics {
             "Workload restarts triggered, by the kind of resource that triggered them",
             restarts.clone(),
         );
+        let shared_reads = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "vault_reads_shared",
+            "Vault reads answered by an identical read of the same source and identity, by operation",
+            shared_reads.clone(),
+        );
         Self {
             registry,
             restarts,
+            shared_reads,
             syncs,
             sync_duration,
             vault_requests,
@@ -125,6 +134,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn shared_read(&self, operation: &'static str) {
+        self.shared_reads
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
     pub fn restart(&self, kind: &'static str) {
         self.restarts.get_or_create(&KindLabels { kind }).inc();
     }

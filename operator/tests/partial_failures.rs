@@ -1164,3 +1164,113 @@ async fn vault_secret_outage_and_lost_status_patch_never_set_the_secret_back() {
     assert_eq!(run.world.secret_writes(Kind::KeyValue.secret()).len(), 2);
     run.assert_secret_writes_move_forward(Kind::KeyValue);
 }
+
+/// Reconciles the VaultSecrets `names` at once.
+async fn reconcile_all(
+    op: &Operator,
+    world: &World,
+    names: &[String],
+) -> Vec<Outcome<vault_secret::Error>> {
+    futures::future::join_all(names.iter().map(|name| {
+        let vs: VaultSecret = world
+            .api
+            .get(&resource_path(NS, "vaultsecrets", name))
+            .expect("resource");
+        op.reconcile(world, vs, vault_secret::reconcile)
+    }))
+    .await
+}
+
+/// ARCHITECTURE §2: identical reads under one identity are made once. Twenty VaultSecrets on one
+/// path refresh together; their refreshes cost one metadata read, and a new version one data read,
+/// while a first sync always reads for itself. A failed shared read fails every refresh that waited
+/// on it, each keeping its Secret, and is not kept for the next.
+#[tokio::test]
+async fn vault_secret_refreshes_of_one_source_share_their_reads() {
+    const N: usize = 20;
+    let world = World::new();
+    world
+        .vault
+        .kv_put("secret", "app/config", &[("password", "one")]);
+    let names: Vec<String> = (0..N).map(|i| format!("config-{i}")).collect();
+    for name in &names {
+        world.api.put(
+            &resource_path(NS, "vaultsecrets", name),
+            json!({
+                "apiVersion": "vaultkeeper.dev/v1alpha1",
+                "kind": "VaultSecret",
+                "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+                "spec": {
+                    "auth": {"role": "app", "serviceAccountName": "web"},
+                    "source": {"engine": "kv-v2", "mount": "secret", "path": "app/config"},
+                    "refreshInterval": "1m",
+                    "destination": {"name": name},
+                },
+            }),
+        );
+    }
+    let mut op = Operator::sharing_reads(&world, Duration::from_secs(30));
+    let calls = |what: &str| world.vault.calls(what);
+
+    // First syncs read for themselves.
+    for outcome in reconcile_all(&op, &world, &names).await {
+        outcome.expect_done();
+    }
+    assert_eq!((calls("kv2_metadata"), calls("kv2_read")), (N, N));
+    op.sync_caches(&world);
+
+    // Unchanged refreshes: the first sync's answer serves them all.
+    for outcome in reconcile_all(&op, &world, &names).await {
+        outcome.expect_done();
+    }
+    assert_eq!((calls("kv2_metadata"), calls("kv2_read")), (N, N));
+
+    // A new version reaches every Secret through one metadata read and one data read.
+    let mut op = Operator::sharing_reads(&world, Duration::from_secs(30));
+    op.sync_caches(&world);
+    world
+        .vault
+        .kv_put("secret", "app/config", &[("password", "two")]);
+    for outcome in reconcile_all(&op, &world, &names).await {
+        outcome.expect_done();
+    }
+    assert_eq!((calls("kv2_metadata"), calls("kv2_read")), (N + 1, N + 1));
+    for name in &names {
+        assert_eq!(
+            text_data(&world.secret(name).expect("Secret"))["password"],
+            "two"
+        );
+    }
+
+    // A failed read is not kept: the refresh after it reads again, and the Secret of the one that
+    // failed keeps its data.
+    let mut op = Operator::sharing_reads(&world, Duration::from_secs(30));
+    op.sync_caches(&world);
+    let before = calls("kv2_metadata");
+    world.vault.fail_next("kv2_metadata", 503);
+    let mut outcomes = Vec::new();
+    for name in &names {
+        let vs: VaultSecret = world
+            .api
+            .get(&resource_path(NS, "vaultsecrets", name))
+            .expect("resource");
+        outcomes.push(op.reconcile(&world, vs, vault_secret::reconcile).await);
+    }
+    let mut outcomes = outcomes.into_iter();
+    let first = outcomes.next().expect("a first").expect_failed();
+    assert_eq!(first.reason(), reasons::VAULT_UNAVAILABLE, "{first}");
+    for outcome in outcomes {
+        outcome.expect_done();
+    }
+    assert_eq!(
+        calls("kv2_metadata"),
+        before + 2,
+        "read again after the failure, once"
+    );
+    for name in &names {
+        assert_eq!(
+            text_data(&world.secret(name).expect("Secret"))["password"],
+            "two"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! only when the data or spec changed) → status (patched only when it changed).
 
 pub mod desired;
+pub mod shared;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,9 @@ pub enum Error {
     ReadResource(kube::Error),
     #[error("internal error (a bug in vaultkeeper; please report it): the reconcile panicked: {0}")]
     Panicked(String),
+    /// The failure of an identical read this one waited on (see [`shared`]).
+    #[error(transparent)]
+    Shared(Arc<Error>),
 }
 
 impl Error {
@@ -88,6 +92,7 @@ impl Error {
             | Self::PatchStatus(_)
             | Self::ReadResource(_) => reasons::KUBERNETES_ERROR,
             Self::Panicked(_) => reasons::INTERNAL_ERROR,
+            Self::Shared(inner) => inner.reason(),
         }
     }
 
@@ -185,7 +190,9 @@ pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action
     };
 
     let outcome = match plan {
-        Ok(plan) => sync(&vs, &plan, &ctx).await.map(|synced| (plan, synced)),
+        Ok(plan) => sync(&vs, &plan, &ctx, is_refresh)
+            .await
+            .map(|synced| (plan, synced)),
         Err(err) => Err(err),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -266,7 +273,12 @@ pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action
                 )
                 .await;
             }
-            let refresh = crate::clock::jitter(plan.refresh, 0.1);
+            // Resources reading one source refresh together, so that their reads are made once.
+            let refresh = shared::refresh_in(
+                now.0,
+                plan.refresh,
+                &read_key(&vs, &plan, shared::What::Metadata),
+            );
             let wake = advanced.wake.map(|t| {
                 t.duration_since(now.0)
                     .unsigned_abs()
@@ -325,8 +337,14 @@ struct Synced {
     written: bool,
 }
 
-/// Brings the Secret in line with Vault. Reads data only when needed; writes only on change.
-async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Error> {
+/// Brings the Secret in line with Vault. Reads data only when needed; writes only on change. A
+/// `refresh` shares its reads with identical ones (see [`shared`]).
+async fn sync(
+    vs: &VaultSecret,
+    plan: &Plan,
+    ctx: &Context,
+    refresh: bool,
+) -> Result<Synced, Error> {
     let connection = ctx
         .identities
         .connection(&plan.identity.connection)
@@ -341,16 +359,41 @@ async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Er
         .map(|s| crate::digest::existing_hmac(&ctx.hmac_key, s));
     let spec_unchanged = status.observed_generation == vs.metadata.generation;
     let source = &vs.spec.source;
+    let read = |what: shared::What, operation: &'static str| {
+        let key = read_key(vs, plan, what);
+        let call = async move {
+            let answer = with_token(ctx, &plan.identity, client, |token| async move {
+                Ok(match what {
+                    shared::What::Metadata => shared::Answer::Metadata(Arc::new(
+                        client
+                            .kv2_metadata(&token, &source.mount, &source.path)
+                            .await?,
+                    )),
+                    shared::What::Version(v) => shared::Answer::Version(Arc::new(
+                        client
+                            .kv2_read(&token, &source.mount, &source.path, Some(v))
+                            .await?,
+                    )),
+                    shared::What::Kv1 => shared::Answer::Kv1(Arc::new(
+                        client.kv1_read(&token, &source.mount, &source.path).await?,
+                    )),
+                })
+            })
+            .await;
+            answer.map_err(|e| read_error(plan, e))
+        };
+        ctx.shared_reads.read(key, refresh, call, move || {
+            ctx.metrics.shared_read(operation)
+        })
+    };
 
     let (data, version) = match source.engine {
         KvEngine::KvV2 => {
-            let metadata = with_token(ctx, &plan.identity, client, |token| async move {
-                client
-                    .kv2_metadata(&token, &source.mount, &source.path)
-                    .await
-            })
-            .await
-            .map_err(|e| read_error(plan, e))?;
+            let shared::Answer::Metadata(metadata) =
+                read(shared::What::Metadata, "kv2_metadata").await?
+            else {
+                unreachable!("a metadata read answers metadata")
+            };
             let version = source.version.unwrap_or(metadata.current_version);
             match metadata.state_of(version) {
                 KvVersionState::Live => {}
@@ -388,22 +431,18 @@ async fn sync(vs: &VaultSecret, plan: &Plan, ctx: &Context) -> Result<Synced, Er
                     written: false,
                 });
             }
-            let read = with_token(ctx, &plan.identity, client, |token| async move {
-                client
-                    .kv2_read(&token, &source.mount, &source.path, Some(version))
-                    .await
-            })
-            .await
-            .map_err(|e| read_error(plan, e))?;
-            (read.data, Some(read.version))
+            let shared::Answer::Version(read) =
+                read(shared::What::Version(version), "kv2_read").await?
+            else {
+                unreachable!("a version read answers a version")
+            };
+            (read.data.clone(), Some(read.version))
         }
         KvEngine::KvV1 => {
-            let data = with_token(ctx, &plan.identity, client, |token| async move {
-                client.kv1_read(&token, &source.mount, &source.path).await
-            })
-            .await
-            .map_err(|e| read_error(plan, e))?;
-            (data, None)
+            let shared::Answer::Kv1(data) = read(shared::What::Kv1, "kv1_read").await? else {
+                unreachable!("a KV v1 read answers data")
+            };
+            (SecretData::clone(&data), None)
         }
     };
     write_if_changed(
@@ -488,6 +527,16 @@ async fn write_if_changed(
         hmac,
         written: true,
     })
+}
+
+/// The read of `what` of the resource's source, under its identity.
+fn read_key(vs: &VaultSecret, plan: &Plan, what: shared::What) -> shared::ReadKey {
+    shared::ReadKey {
+        identity: plan.identity.clone(),
+        mount: vs.spec.source.mount.clone(),
+        path: vs.spec.source.path.clone(),
+        what,
+    }
 }
 
 /// Runs a Vault call with the identity's token (see [`crate::identity::Identities::with_token`]).

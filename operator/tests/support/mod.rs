@@ -192,7 +192,14 @@ const OWNER_LABELS: [&str; 3] = [
 ];
 
 impl Operator {
+    /// An operator whose reconciles each stand for a moment of their own: refreshes share no
+    /// answers (in a real operator they lie at least half a refresh interval apart).
     pub fn start(world: &World) -> Self {
+        Self::sharing_reads(world, Duration::ZERO)
+    }
+
+    /// An operator whose refreshes share answers of identical reads for `window`.
+    pub fn sharing_reads(world: &World, window: Duration) -> Self {
         let (client, server) = world.api.client();
         let metrics = Arc::new(Metrics::default());
         let connections = BTreeMap::from([(
@@ -220,19 +227,22 @@ impl Operator {
         let (dc_secrets, dc_writer) = reflector::store();
         let (cert_secrets, cert_writer) = reflector::store();
         let lease_tokens = LeaseTokens::new(client.clone(), OPERATOR_NS.to_owned(), &HMAC_KEY);
-        let ctx = Arc::new(Context::new(
-            client,
-            identities,
-            recorder,
-            metrics,
-            secrets,
-            dc_secrets,
-            cert_secrets,
-            HMAC_KEY.to_vec(),
-            4,
-            lease_tokens,
-            Orchestrator::new(Duration::ZERO, 100),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                identities,
+                recorder,
+                metrics,
+                secrets,
+                dc_secrets,
+                cert_secrets,
+                HMAC_KEY.to_vec(),
+                4,
+                lease_tokens,
+                Orchestrator::new(Duration::ZERO, 100),
+            )
+            .with_shared_read_window(window),
+        );
         Self {
             ctx,
             writers: [vs_writer, dc_writer, cert_writer],
