@@ -119,6 +119,7 @@ impl Default for Metrics {
             "Vault reads answered by an identical read of the same source and identity, by operation",
             shared_reads.clone(),
         );
+        registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             restarts,
@@ -230,6 +231,66 @@ impl Collector for CertificateCollector {
     }
 }
 
+/// The process's own gauges, read at scrape time: live tokio tasks (a task leak shows here first),
+/// open file descriptors and resident memory (Linux; left out where /proc is not there).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    fn gauge(
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: i64,
+    ) -> Result<(), std::fmt::Error> {
+        let family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(value).encode(family)
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX);
+            Self::gauge(
+                &mut encoder,
+                "tokio_alive_tasks",
+                "Tasks alive in the operator's tokio runtime",
+                tasks,
+            )?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let open = i64::try_from(fds.count()).unwrap_or(i64::MAX);
+            Self::gauge(
+                &mut encoder,
+                "process_open_fds",
+                "File descriptors the operator holds open",
+                open,
+            )?;
+        }
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<i64>().ok()
+            });
+        if let Some(kib) = rss_kib {
+            Self::gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory of the operator",
+                kib.saturating_mul(1024),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl vault::RequestObserver for Metrics {
     fn observe(&self, operation: &'static str, outcome: &str, elapsed: Duration) {
         self.vault_requests
@@ -280,5 +341,38 @@ mod tests {
         let text = metrics.encode();
         assert!(!text.contains(r#"name="a""#), "{text}");
         assert!(text.contains(r#"name="b""#), "{text}");
+    }
+
+    fn gauge(text: &str, name: &str) -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn process_gauges_count_live_tasks_and_open_files() {
+        let metrics = Metrics::default();
+        let before = gauge(&metrics.encode(), "vaultkeeper_tokio_alive_tasks");
+        let tasks: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(async { std::future::pending::<()>().await }))
+            .collect();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let text = metrics.encode();
+        assert_eq!(gauge(&text, "vaultkeeper_tokio_alive_tasks"), before + 5);
+        assert!(gauge(&text, "vaultkeeper_process_open_fds") > 0);
+        assert!(gauge(&text, "vaultkeeper_process_resident_memory_bytes") > 1 << 20);
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        drop(file);
+        assert_eq!(
+            gauge(&metrics.encode(), "vaultkeeper_tokio_alive_tasks"),
+            before
+        );
     }
 }
