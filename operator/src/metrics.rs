@@ -32,6 +32,12 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub kind: &'static str,
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VaultRequestLabels {
     pub operation: &'static str,
     pub status: String,
@@ -65,6 +71,8 @@ pub struct Metrics {
     pub restarts: Family<KindLabels, Counter>,
     /// Reads answered by another read of the same source and identity (no request of their own).
     pub shared_reads: Family<OperationLabels, Counter>,
+    /// How late due renewals and rotations were acted on.
+    pub lease_lateness: Family<StepLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -119,11 +127,20 @@ impl Default for Metrics {
             "Vault reads answered by an identical read of the same source and identity, by operation",
             shared_reads.clone(),
         );
+        let lease_lateness = Family::<StepLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "lease_lateness_seconds",
+            "Time from when a renewal or rotation was due to when the operator acted on it, by kind and step",
+            lease_lateness.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             restarts,
             shared_reads,
+            lease_lateness,
             syncs,
             sync_duration,
             vault_requests,
@@ -139,6 +156,12 @@ impl Metrics {
         self.shared_reads
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+
+    pub fn lease_lateness(&self, kind: &'static str, step: &'static str, late: Duration) {
+        self.lease_lateness
+            .get_or_create(&StepLabels { kind, step })
+            .observe(late.as_secs_f64());
     }
 
     pub fn restart(&self, kind: &'static str) {

@@ -45,6 +45,19 @@ pub enum CertificateAction {
     },
 }
 
+/// How late a due renewal is acted on: `now` minus the renewal time of the stored certificate
+/// (`None` when no renewal is due).
+pub fn renewal_lateness(gathered: &Gathered, now: Timestamp) -> Option<std::time::Duration> {
+    let stored = gathered.stored.as_ref()?;
+    match desired::next_step(Some(stored), gathered.renew_before, gathered.jitter, now) {
+        Step::Issue(IssueReason::Renewal) => Some(crate::clock::until(
+            desired::renew_at(&stored.facts, gathered.renew_before, gathered.jitter),
+            now,
+        )),
+        _ => None,
+    }
+}
+
 /// The decision, given the certificates already waiting for revocation.
 pub fn decide(
     gathered: &Gathered,
@@ -184,6 +197,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn renewal_lateness_counts_from_the_renewal_time() {
+        let g = gathered(Some(stored("01", true)));
+        let due = desired::renew_at(&g.stored.as_ref().unwrap().facts, g.renew_before, g.jitter);
+        let late =
+            |s: i64| renewal_lateness(&g, due + k8s_openapi::jiff::SignedDuration::from_secs(s));
+        assert_eq!(late(7), Some(std::time::Duration::from_secs(7)));
+        assert_eq!(
+            late(-1),
+            Some(std::time::Duration::ZERO),
+            "a second early counts as due"
+        );
+        assert_eq!(late(-2), None, "not due yet");
+        assert_eq!(renewal_lateness(&gathered(None), at(2500)), None);
     }
 
     #[test]

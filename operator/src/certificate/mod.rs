@@ -353,6 +353,9 @@ async fn sync(
     };
     // Decide, act, record.
     let issuing_note;
+    if let Some(late) = decide::renewal_lateness(&gathered, now) {
+        ctx.metrics.lease_lateness(KIND, "renew", late);
+    }
     let facts = match decide::decide(&gathered, &status.superseded, now) {
         CertificateAction::Keep {
             facts,

@@ -91,6 +91,34 @@ pub fn decide(
     }
 }
 
+/// How late a due renewal or rotation is acted on: `now` minus the time the schedule set for it
+/// (the figure the scale benchmarks report). `None` for any other action.
+pub fn lateness(
+    gathered: &Gathered,
+    action: &LeaseAction,
+    now: Timestamp,
+) -> Option<(&'static str, Duration)> {
+    match action {
+        LeaseAction::Renew(lease) => Some((
+            "renew",
+            crate::clock::until(schedule::renew_time(lease, gathered.timing), now),
+        )),
+        LeaseAction::Issue {
+            reason: IssueReason::MaxTtl,
+            ..
+        } => {
+            let lease = gathered.lease.as_ref()?;
+            let due = schedule::rotate_time(
+                lease.issued,
+                lease.hard_end?,
+                gathered.timing.rotate_at_percent,
+            );
+            Some(("rotate", crate::clock::until(due, now)))
+        }
+        _ => None,
+    }
+}
+
 fn step(gathered: &Gathered, now: Timestamp) -> Step {
     let step = schedule::next_step(
         gathered.lease.as_ref(),
@@ -255,6 +283,31 @@ mod tests {
             has_restart_targets: true,
             grace: Duration::from_secs(30),
         }
+    }
+
+    #[test]
+    fn lateness_is_counted_from_the_scheduled_renewal_or_rotation() {
+        // TTL 100 s, renewal due at 67 s: acting at 70 s is 3 s late.
+        let g = gathered(Some(lease("a", 100)));
+        let action = decide(&g, &[], None, at(70));
+        assert!(matches!(action, LeaseAction::Renew(_)), "{action:?}");
+        assert_eq!(
+            lateness(&g, &action, at(70)),
+            Some(("renew", Duration::from_secs(3)))
+        );
+        // Capped at a hard end 200 s after issue: rotation due at 90 % = 180 s.
+        let mut capped = lease("a", 250);
+        capped.hard_end = Some(at(200));
+        let g = gathered(Some(capped));
+        let action = decide(&g, &[], None, at(185));
+        assert_eq!(
+            lateness(&g, &action, at(185)),
+            Some(("rotate", Duration::from_secs(5)))
+        );
+        // Nothing due, nothing counted.
+        let g = gathered(Some(lease("a", 100)));
+        let action = decide(&g, &[], None, at(10));
+        assert_eq!(lateness(&g, &action, at(10)), None);
     }
 
     fn issue_of(

@@ -440,6 +440,9 @@ async fn sync(
     let mut renewal_note = None;
     let mut current = gathered.lease.clone();
     let mut action = decide::decide(&gathered, &status.retiring_leases, None, now);
+    if let Some((step, late)) = decide::lateness(&gathered, &action, now) {
+        ctx.metrics.lease_lateness(KIND, step, late);
+    }
     if let LeaseAction::Renew(lease) = &action {
         let renewed = renew(client, &token, lease, now).await?;
         if let Some(renewed) = &renewed {
