@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds install-yaml build images up up-process bench bench-injection fuzz
+.PHONY: test crds install-yaml build images up up-process bench bench-dynamic bench-certificate bench-injection fuzz
 
 test:
 	./hack/test.sh
@@ -31,6 +31,16 @@ up-process:
 # Benchmarks against the real stack (prints figures): make bench ARGS="--n 1000"
 bench:
 	./hack/bench.sh $(ARGS)
+
+# DynamicCredential benchmark (OpenBao's database engine, PostgreSQL; issuance, renewal and
+# rotation lateness, revocation): make bench-dynamic ARGS="--n 1000 --window 240"
+bench-dynamic:
+	BENCH=bench_dynamic ./hack/bench.sh $(ARGS)
+
+# CertificateRequest benchmark (OpenBao's PKI engine; issuance throughput and CPU, renewal
+# lateness): make bench-certificate ARGS="--n 1000 --algorithm RSA --mode sign"
+bench-certificate:
+	BENCH=bench_certificate ./hack/bench.sh $(ARGS)
 
 # Injection benchmark (webhook direct and through the API server; our agent vs `bao agent`):
 # make bench-injection ARGS="--rate 200 --duration 30"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The benchmarks' short form (inside `stack.py run`, from e2e/run.sh): `make bench` and
-# `make bench-injection` at small sizes with the debug builds, so the commands keep working. Each
-# exits 1 if a phase did not work (errors, no calls, a probe never served, agents differing); the
-# figures are printed and not judged here (docs/performance.md has the measured ones).
+# The benchmarks' short form (inside `stack.py run`, from e2e/run.sh): `make bench`,
+# `make bench-dynamic`, `make bench-certificate` and `make bench-injection` at small sizes with the
+# debug builds, so the commands keep working. Each exits 1 if a phase did not work (errors, no
+# calls, a probe never served, no renewal, leases left, agents differing); the figures are printed
+# and not judged here (docs/performance.md has the measured ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . e2e/lib.sh
@@ -13,5 +14,7 @@ for tool in loadgen refhook; do
 done
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 python3 e2e/bench_vaultsecret.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator" --loadgen "$BUILD_DIR/loadgen"
+python3 e2e/bench_dynamic.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
+python3 e2e/bench_certificate.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_injection.py --smoke --webhook "$BUILD_DIR/vaultkeeper-webhook" \
   --agent "$BUILD_DIR/vaultkeeper-agent" --loadgen "$BUILD_DIR/loadgen" --refhook "$BUILD_DIR/refhook"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks against the real stack; prints figures, asserts nothing (see e2e/bench_*.py).
 # Usage: hack/bench.sh [--n 1000] [--window 75] [--unrelated 100000] ...   (arguments go to e2e/bench_vaultsecret.py)
+#        BENCH=bench_dynamic hack/bench.sh [--n 1000] [--window 240]     (e2e/bench_dynamic.py: DynamicCredentials)
+#        BENCH=bench_certificate hack/bench.sh [--algorithm RSA] [--mode sign]   (e2e/bench_certificate.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -13,4 +15,4 @@ GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}/go
 STATE=target/bench
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"
-python3 e2e/stack/stack.py run --state-dir "$STATE" -- python3 e2e/bench_vaultsecret.py "$@"
+python3 e2e/stack/stack.py run --state-dir "$STATE" -- python3 "e2e/${BENCH:-bench_vaultsecret}.py" "$@"

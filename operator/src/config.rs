@@ -63,9 +63,16 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
 
-    /// How many periodic refreshes run at once. New and changed resources do not wait for these.
+    /// How many periodic refreshes of VaultSecrets run at once. New and changed resources do not
+    /// wait for these.
     #[arg(long, env = "VAULTKEEPER_REFRESH_CONCURRENCY", default_value_t = 16)]
     pub refresh_concurrency: usize,
+
+    /// How many other reconciles run at once: first syncs and changes of VaultSecrets, and every
+    /// DynamicCredential and CertificateRequest reconcile (renewals, rotations, issuance). The rest
+    /// wait their turn, cheaply.
+    #[arg(long, env = "VAULTKEEPER_SYNC_CONCURRENCY", default_value_t = crate::context::DEFAULT_SYNC_CONCURRENCY)]
+    pub sync_concurrency: usize,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info` or `info,vaultkeeper_operator=debug`).
     #[arg(long, env = "VAULTKEEPER_LOG", default_value = "info")]

@@ -29,8 +29,12 @@ pub struct Context {
     pub cert_secrets: ManagedSecrets,
     /// Key of the data HMACs.
     pub hmac_key: Vec<u8>,
-    /// Periodic refreshes take a permit; first syncs and spec changes do not wait for one.
+    /// Periodic refreshes of VaultSecrets take a permit of this lane ([`Lane::Refresh`]).
     pub refresh_lane: Semaphore,
+    /// Every other reconcile takes a permit of this one ([`Lane::Sync`]): first syncs and changes,
+    /// DynamicCredentials and CertificateRequests. Thousands of resources due at once then make a
+    /// bounded number of requests at a time, not one connection each.
+    pub sync_lane: Semaphore,
     /// Identical refresh reads (same source, same identity), made once.
     pub shared_reads: crate::vault_secret::shared::SharedReads,
     /// Per-identity tokens that issue leases (DynamicCredential), renewed and stored.
@@ -41,6 +45,25 @@ pub struct Context {
     pub restarts: Orchestrator,
     /// Consecutive failures per object (by UID), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Reconciles of the sync lane that run at once, by default.
+pub const DEFAULT_SYNC_CONCURRENCY: usize = 32;
+
+/// Which permits a reconcile waits for before it starts ([`Context::lane`]). Periodic refreshes and
+/// everything else wait in separate lanes, so new and changed resources are never queued behind
+/// thousands of refreshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    Refresh,
+    Sync,
+}
+
+impl Lane {
+    /// The lane of kinds with no periodic refresh of their own.
+    pub fn sync<K>(_: &K) -> Lane {
+        Lane::Sync
+    }
 }
 
 impl Context {
@@ -70,6 +93,7 @@ impl Context {
             cert_secrets: cert_secrets.into(),
             hmac_key,
             refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
+            sync_lane: Semaphore::new(DEFAULT_SYNC_CONCURRENCY),
             shared_reads: crate::vault_secret::shared::SharedReads::new(
                 crate::vault_secret::shared::WINDOW,
             ),
@@ -77,6 +101,20 @@ impl Context {
             restarts,
             token_replace_before: Duration::from_secs(120),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `concurrency` reconciles of the sync lane at once instead of [`DEFAULT_SYNC_CONCURRENCY`].
+    pub fn with_sync_concurrency(mut self, concurrency: usize) -> Self {
+        self.sync_lane = Semaphore::new(concurrency.max(1));
+        self
+    }
+
+    /// The permits of `lane`.
+    pub fn lane(&self, lane: Lane) -> &Semaphore {
+        match lane {
+            Lane::Refresh => &self.refresh_lane,
+            Lane::Sync => &self.sync_lane,
         }
     }
 

@@ -132,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
             restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
                 .with_rollout_timeout(args.rollout_timeout),
         )
-        .with_watch_client(watch_client),
+        .with_watch_client(watch_client)
+        .with_sync_concurrency(args.sync_concurrency),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -210,7 +210,8 @@ pub async fn run_controller<K, P, RFut>(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     predicate: P,
-    mut reconcile: impl FnMut(Arc<K>, Arc<Context>) -> RFut,
+    lane: fn(&K) -> crate::context::Lane,
+    reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
     policy: ErrorPolicy<RFut::Error>,
 ) where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -239,7 +240,7 @@ pub async fn run_controller<K, P, RFut>(
                 let failures = SyncFailures::start(ctx.metrics.clone(), policy.kind);
                 let attempt = contain_panic(
                     format!("{namespace}/{name}"),
-                    TryFutureExt::into_future(reconcile(resource, ctx)),
+                    in_lane(ctx, lane(&resource), resource, reconcile),
                     policy.panicked,
                 );
                 async move {
@@ -306,6 +307,19 @@ impl Drop for SyncFailures {
 }
 
 /// `attempt`, with a panic turned into the error `panicked` makes of its message.
+/// Runs `reconcile` of `resource` once it holds a permit of `lane`. The reconcile is made (and its
+/// state allocated) only then, so the thousands of resources that may wait for a permit cost little.
+pub async fn in_lane<K, RFut: TryFuture>(
+    ctx: Arc<Context>,
+    lane: crate::context::Lane,
+    resource: Arc<K>,
+    reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
+) -> Result<RFut::Ok, RFut::Error> {
+    let lanes = ctx.clone();
+    let _permit = lanes.lane(lane).acquire().await.expect("lanes never close");
+    Box::pin(TryFutureExt::into_future(reconcile(resource, ctx))).await
+}
+
 async fn contain_panic<T, E>(
     resource: String,
     attempt: impl std::future::Future<Output = Result<T, E>>,

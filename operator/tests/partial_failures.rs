@@ -1274,3 +1274,86 @@ async fn vault_secret_refreshes_of_one_source_share_their_reads() {
         );
     }
 }
+
+// Lanes: thousands of resources due at once run a bounded number at a time, and refreshes filling
+// their lane hold up no first sync.
+
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MOST_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REFRESHES_HELD: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+async fn counted(
+    _: std::sync::Arc<String>,
+    _: std::sync::Arc<vaultkeeper_operator::context::Context>,
+) -> Result<kube::runtime::controller::Action, std::convert::Infallible> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = IN_FLIGHT.fetch_add(1, SeqCst) + 1;
+    MOST_IN_FLIGHT.fetch_max(now, SeqCst);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    IN_FLIGHT.fetch_sub(1, SeqCst);
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
+async fn held(
+    _: std::sync::Arc<String>,
+    _: std::sync::Arc<vaultkeeper_operator::context::Context>,
+) -> Result<kube::runtime::controller::Action, std::convert::Infallible> {
+    REFRESHES_HELD.notified().await;
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
+#[tokio::test]
+async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up_first_syncs() {
+    use vaultkeeper_operator::context::{DEFAULT_SYNC_CONCURRENCY, Lane};
+    use vaultkeeper_operator::managed::in_lane;
+    let world = World::new();
+    let op = Operator::start(&world);
+    let resource = std::sync::Arc::new("resource".to_owned());
+
+    // 200 first syncs due at once: never more than the sync lane's permits in flight, all done.
+    let all = (0..200).map(|_| in_lane(op.ctx.clone(), Lane::Sync, resource.clone(), counted));
+    let done = futures::future::join_all(all).await;
+    assert_eq!(done.iter().filter(|r| r.is_ok()).count(), 200);
+    assert_eq!(
+        MOST_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst),
+        DEFAULT_SYNC_CONCURRENCY,
+        "the sync lane bounds reconciles in flight"
+    );
+
+    // Refreshes hold every permit of their lane (4 in this operator) and more wait: a first sync
+    // still runs at once.
+    let refreshes: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(in_lane(
+                op.ctx.clone(),
+                Lane::Refresh,
+                resource.clone(),
+                held,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        op.ctx.refresh_lane.available_permits(),
+        0,
+        "refreshes fill their lane"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        in_lane(op.ctx.clone(), Lane::Sync, resource.clone(), counted),
+    )
+    .await
+    .expect("a first sync waits for no refresh")
+    .unwrap();
+    for _ in 0..10 {
+        REFRESHES_HELD.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for refresh in refreshes {
+        tokio::time::timeout(Duration::from_secs(5), refresh)
+            .await
+            .expect("every refresh ran in its turn")
+            .unwrap()
+            .unwrap();
+    }
+}

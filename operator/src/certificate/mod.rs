@@ -30,7 +30,7 @@ use kube::{Api, ResourceExt};
 use vault::VaultError;
 
 use crate::conditions::{self, Desired};
-use crate::context::Context;
+use crate::context::{Context, Lane};
 use crate::digest::data_hmac;
 use crate::identity::IdentityError;
 use crate::managed::FIELD_MANAGER;
@@ -132,6 +132,7 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation.combine(predicates::finalizers),
+        Lane::sync,
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,

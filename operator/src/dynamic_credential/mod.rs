@@ -28,7 +28,7 @@ use kube::{Api, ResourceExt};
 use vault::VaultError;
 
 use crate::conditions::{self, Desired};
-use crate::context::Context;
+use crate::context::{Context, Lane};
 use crate::digest::data_hmac;
 use crate::identity::IdentityError;
 use crate::lease_tokens::{LeaseToken, LeaseTokenError};
@@ -162,6 +162,7 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation.combine(predicates::finalizers),
+        Lane::sync,
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,

@@ -21,7 +21,7 @@ use kube::{Api, ResourceExt};
 use vault::{KvVersionState, SecretData, VaultError, VaultToken};
 
 use crate::conditions::{self, Desired};
-use crate::context::Context;
+use crate::context::{Context, Lane};
 use crate::identity::{IdentityError, IdentityKey};
 use crate::report;
 use crate::restart;
@@ -128,6 +128,7 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation,
+        lane,
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,
@@ -146,6 +147,25 @@ fn waits_for_change(error: &Error) -> bool {
         error,
         Error::InvalidSpec(_) | Error::Render(_) | Error::SecretConflict { .. }
     )
+}
+
+/// Whether the resource is Ready at its current generation: its next reconcile is a periodic refresh.
+fn in_sync(vs: &VaultSecret) -> bool {
+    vs.status.as_ref().is_some_and(|status| {
+        status.observed_generation == vs.metadata.generation
+            && conditions::find(&status.conditions, condition_types::READY)
+                .is_some_and(|c| c.status == "True")
+    })
+}
+
+/// Periodic refreshes wait in the refresh lane; new and changed resources in the sync lane, so they
+/// are not queued behind refreshes.
+fn lane(vs: &VaultSecret) -> Lane {
+    if in_sync(vs) {
+        Lane::Refresh
+    } else {
+        Lane::Sync
+    }
 }
 
 pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -173,21 +193,8 @@ pub async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action
     })
     .map_err(Error::InvalidSpec);
 
-    // A resource already in sync at this generation is a periodic refresh: it takes a permit of the
-    // refresh lane, while new and changed resources go straight through.
-    let is_refresh = status.observed_generation == vs.metadata.generation
-        && conditions::find(&status.conditions, condition_types::READY)
-            .is_some_and(|c| c.status == "True");
-    let _permit = if is_refresh {
-        Some(
-            ctx.refresh_lane
-                .acquire()
-                .await
-                .expect("refresh lane never closes"),
-        )
-    } else {
-        None
-    };
+    // A resource already in sync at this generation is a periodic refresh (its reads are shared).
+    let is_refresh = in_sync(&vs);
 
     let outcome = match plan {
         Ok(plan) => sync(&vs, &plan, &ctx, is_refresh)
