@@ -605,6 +605,28 @@ async fn dc_vault_outage_on_issue_leaves_the_secret_and_on_revoke_is_retried() {
 }
 
 #[tokio::test]
+async fn dc_deleted_after_a_lost_status_write_revokes_the_lease_only_its_secret_records() {
+    let (mut run, old) = dc_before_rotation().await;
+    run.world
+        .api
+        .fail_next(Method::PATCH, "/dynamiccredentials/db/status", 500);
+    run.dc().await.expect_failed();
+    let new = run.held(Kind::Dynamic);
+    assert_ne!(new, old, "the new lease is on the Secret only");
+    assert_eq!(dc_status(&run.world).lease_id, Some(old.clone()));
+    // Deleted now: its status is one lease behind its Secret.
+    run.world.api.edit(&Kind::Dynamic.path(), |r| {
+        r["metadata"]["deletionTimestamp"] = json!("2026-12-03T12:00:00Z")
+    });
+    let _ = run.dc().await;
+    assert_eq!(
+        run.live(Kind::Dynamic),
+        Vec::<String>::new(),
+        "both the lease in the status ({old}) and the one on the Secret ({new}) are revoked"
+    );
+}
+
+#[tokio::test]
 async fn dc_secret_apply_conflict_revokes_the_new_lease() {
     let (mut run, old) = dc_before_rotation().await;
     let before = run.secret(Kind::Dynamic);

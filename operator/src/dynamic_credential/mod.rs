@@ -832,13 +832,22 @@ async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error>
     if !dc.spec.revoke_on_delete {
         return Ok(Action::await_change());
     }
-    let status = dc.status.clone().unwrap_or_default();
-    let mut leases: Vec<String> = status
-        .retiring_leases
-        .iter()
-        .map(|r| r.lease_id.clone())
-        .collect();
-    leases.extend(status.lease_id.clone());
+    // Every lease this resource may hold, read from the API rather than the caches: a rotation
+    // just before the delete leaves the cached status one lease behind, and a status write lost
+    // after the Secret was written leaves the newest lease on the Secret alone.
+    let namespace = dc.namespace().unwrap_or_default();
+    let api: Api<DynamicCredential> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(fresh) = api.get_opt(&dc.name_any()).await.map_err(Error::Read)? else {
+        return Ok(Action::await_change());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let on_secret = secrets
+        .get_opt(&dc.spec.destination.name)
+        .await
+        .map_err(Error::Read)?
+        .filter(|secret| crate::managed::owned_by(secret, dc))
+        .and_then(|secret| desired::lease_on_secret(&secret).map(|(id, ..)| id));
+    let leases = leases_to_revoke(fresh.status.as_ref(), on_secret);
     if leases.is_empty() {
         return Ok(Action::await_change());
     }
@@ -868,6 +877,27 @@ async fn cleanup(dc: &DynamicCredential, ctx: &Context) -> Result<Action, Error>
         tracing::info!(namespace = dc.namespace().unwrap_or_default(), name = dc.name_any(), %lease_id, "revoked lease on delete");
     }
     Ok(Action::await_change())
+}
+
+/// The leases a deleted resource holds: those retiring, the current one, and the one its Secret
+/// records, each once.
+fn leases_to_revoke(
+    status: Option<&DynamicCredentialStatus>,
+    on_secret: Option<String>,
+) -> Vec<String> {
+    let mut leases: Vec<String> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.retiring_leases
+                .iter()
+                .map(|r| r.lease_id.clone())
+                .chain(s.lease_id.clone())
+        })
+        .chain(on_secret)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    leases.retain(|id| seen.insert(id.clone()));
+    leases
 }
 
 async fn patch_status(
