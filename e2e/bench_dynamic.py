@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, metrics, rss_kib, show_bound, start_operator,
+from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, metrics, rss_kib, show_bound, stack_pid, start_operator,
                       stop_operator, total, wait_all_ready, watch_secrets)
 
 ROLE = "bench"
@@ -112,6 +112,8 @@ def main() -> int:
     try:
         base_rss = rss_kib(op.pid, "VmRSS")
         cpu0 = cpu_seconds(op.pid)
+        others = {name: stack_pid(name) for name in ("bao", "kube-apiserver", "etcd")}
+        others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
 
         print(f"creating {args.n} DynamicCredentials ({args.workers} connections) ...", flush=True)
         t0 = time.monotonic()
@@ -122,6 +124,7 @@ def main() -> int:
         created = time.monotonic() - t0
         all_ready = wait_all_ready(kube, "dynamiccredentials", namespaces, args.n, seen, t0)
         issue_cpu = cpu_seconds(op.pid) - cpu0
+        others_cpu = {name: cpu_seconds(pid) - others0[name] for name, pid in others.items()}
         issued_roles = pg_roles()
         print(f"  all {args.n} Ready after {all_ready:.1f}s (creates took {created:.1f}s)", flush=True)
 
@@ -153,6 +156,14 @@ def main() -> int:
         logins_start = total(m0, "vaultkeeper_vault_logins_total")
         secret_writes = d("vaultkeeper_kube_writes_total", 'resource="secret"')
 
+        # Why credentials were issued, over the whole run, from the operator's Events.
+        issued_why: dict = {}
+        for ev in kube.request("GET", "/apis/events.k8s.io/v1/events")["items"]:
+            note = ev.get("note") or ""
+            if ev["metadata"]["namespace"] in namespaces and note.startswith("Issued a new credential"):
+                why = note.rsplit(": ", 1)[-1]
+                issued_why[why] = issued_why.get(why, 0) + ((ev.get("series") or {}).get("count") or 1)
+
         print(f"deleting the {args.n} (their finalizers revoke the leases) ...", flush=True)
         t1 = time.monotonic()
         for ns in namespaces:
@@ -178,6 +189,7 @@ def main() -> int:
                   f"p99 {show_bound(p99)}")
         print(f"  Vault requests in window                 {sum(ops.values()):8.0f}  "
               f"({', '.join(f'{k} {v:.0f}' for k, v in sorted(ops.items()))}); failed {failed:.0f}")
+        print("  credentials issued (whole run, Events)   " + "; ".join(f"{n} {why}" for why, n in sorted(issued_why.items())))
         print(f"  Secret writes in window                  {secret_writes:8.0f}")
         print(f"  live leases / PostgreSQL roles           {end_leases} / {end_roles} at the end of the window "
               f"(N={args.n}, plus retiring ones in their grace period)")
@@ -187,6 +199,8 @@ def main() -> int:
               f"end of window {end_rss / 1024:.1f} MiB")
         print(f"  operator CPU                             {issue_cpu:.1f} s issuing all {args.n}, {window_cpu:.1f} s in the window "
               f"({window_cpu / window * 100:.1f} % of one core)")
+        print("  CPU per issuance (creates included)      " + ", ".join(
+            f"{name} {cpu / args.n * 1000:.1f} ms" for name, cpu in {"operator": issue_cpu, **others_cpu}.items()))
         print(f"  logins per identity                      {logins_start / len(namespaces):.1f} at start, "
               f"{logins_window / len(namespaces):.1f} in the {window:.0f}s window")
         if args.smoke:

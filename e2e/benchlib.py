@@ -163,6 +163,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stack_pid(name: str) -> int:
+    """The pid of one of the stack's processes (kube-apiserver, etcd, bao, postgres)."""
+    return int((Path(os.environ["VK_STACK_DIR"]) / "pids" / f"{name}.pid").read_text())
+
+
 def dc_ready(obj: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions", []))
 
