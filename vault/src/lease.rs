@@ -76,8 +76,16 @@ struct DataEnvelope<T> {
 
 #[derive(Deserialize)]
 struct LeaseLookup {
+    /// Seconds left. Negative for a lease past its expiry that Vault has not cleaned up yet.
     #[serde(default)]
-    ttl: u64,
+    ttl: i64,
+}
+
+impl LeaseLookup {
+    /// Time left, or `None` once the lease has expired (a negative TTL: Vault no longer honours it).
+    fn left(&self) -> Option<Duration> {
+        u64::try_from(self.ttl).ok().map(Duration::from_secs)
+    }
 }
 
 #[derive(Deserialize)]
@@ -180,7 +188,7 @@ impl VaultClient {
             )
             .await
         {
-            Ok(answer) => Ok(Some(Duration::from_secs(answer.data.ttl))),
+            Ok(answer) => Ok(answer.data.left()),
             Err(VaultError::Rejected { status: 400, .. }) | Err(VaultError::NotFound { .. }) => {
                 Ok(None)
             }
@@ -221,5 +229,27 @@ impl VaultClient {
             explicit_max_ttl: Duration::from_secs(d.explicit_max_ttl),
             accessor: d.accessor,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(body: &str) -> Option<Duration> {
+        serde_json::from_str::<DataEnvelope<LeaseLookup>>(body)
+            .expect("parses")
+            .data
+            .left()
+    }
+
+    #[test]
+    fn a_lease_past_its_expiry_has_no_time_left_instead_of_failing_to_parse() {
+        // OpenBao's answer for a lease whose expiry passed a few seconds ago, before its tidy.
+        let expired = r#"{"data": {"id": "database/creds/app/abc", "issue_time": "2026-12-03T12:00:00Z",
+            "expire_time": "2026-12-03T12:01:00Z", "last_renewal_time": null, "renewable": true, "ttl": -3}}"#;
+        assert_eq!(lookup(expired), None);
+        let live = r#"{"data": {"id": "database/creds/app/abc", "renewable": true, "ttl": 42}}"#;
+        assert_eq!(lookup(live), Some(Duration::from_secs(42)));
     }
 }
