@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, metrics, rss_kib, show_bound,
-                      stack_pid, start_operator, stop_operator, total, wait_all_ready, watch_secrets)
+                      stack_pid, start_operator, stop_operator, total, wait_all_ready, watch_secrets, smoke_verdict)
 
 MOUNT, ROLE, DOMAIN = "pki-bench", "bench", "bench.example.com"
 
@@ -146,12 +146,7 @@ def main() -> int:
                 broken.append("no renewal")
             if failed:
                 broken.append(f"{failed:.0f} failed Vault requests")
-            print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
-                  "docs/performance.md")
-            for reason in broken:
-                print(f"smoke: {reason}")
-            print("smoke: the run worked" if not broken else "smoke: FAILED")
-            return 1 if broken else 0
+            return smoke_verdict(broken)
         return 0
     finally:
         stop_operator(op)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, metrics, rss_kib, show_bound, stack_pid, start_operator,
-                      stop_operator, total, wait_all_ready, watch_secrets)
+                      stop_operator, total, wait_all_ready, watch_secrets, smoke_verdict)
 
 ROLE = "bench"
 
@@ -211,12 +211,7 @@ def main() -> int:
                 broken.append("no rotation in the window")
             if after_leases or after_roles:
                 broken.append(f"{after_leases} leases and {after_roles} roles left after delete")
-            print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
-                  "docs/performance.md")
-            for reason in broken:
-                print(f"smoke: {reason}")
-            print("smoke: the run worked" if not broken else "smoke: FAILED")
-            return 1 if broken else 0
+            return smoke_verdict(broken)
         return 0
     finally:
         stop_operator(op)

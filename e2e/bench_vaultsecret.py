@@ -26,7 +26,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import GROUP, ROOT, Kube, metrics, pct, rss_kib, seconds_of, start_operator, stop_operator, total
+from benchlib import GROUP, ROOT, Kube, metrics, pct, rss_kib, seconds_of, start_operator, stop_operator, total, smoke_verdict
 
 
 def vault_secret(ns: str, name: str, refresh: str, path: str = "") -> dict:
@@ -280,16 +280,11 @@ def main() -> int:
             broken = []
             if unrelated and unrelated["errors"]:
                 broken.append(f"{unrelated['errors']} unrelated creates failed")
-            print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
-                  "docs/performance.md")
             if len(latencies) != args.probe:
                 broken.append(f"{args.probe - len(latencies)} of {args.probe} probe Secrets never seen")
             if not unchanged:
                 broken.append("no unchanged refresh in the window")
-            for reason in broken:
-                print(f"smoke: {reason}")
-            print("smoke: the run worked" if not broken else "smoke: FAILED")
-            return 1 if broken else 0
+            return smoke_verdict(broken)
         return 0
     finally:
         stop_operator(op)

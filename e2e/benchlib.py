@@ -202,3 +202,13 @@ def watch_secrets(kube: Kube, namespaces: list, stop: threading.Event) -> dict:
         lambda typ, obj, t: seen.setdefault(obj["metadata"]["namespace"] + "/" + obj["metadata"]["name"], t)
         if typ == "ADDED" and obj["metadata"]["namespace"] in namespaces else None, stop)).start()
     return seen
+
+
+def smoke_verdict(broken: list) -> int:
+    """Prints what a --smoke run found broken (nothing: it worked) and returns its exit status."""
+    print("smoke: the short form (small sizes, debug builds in CI): the figures above are not comparable with "
+          "docs/performance.md")
+    for reason in broken:
+        print(f"smoke: {reason}")
+    print("smoke: the run worked" if not broken else "smoke: FAILED")
+    return 1 if broken else 0
