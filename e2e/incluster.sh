@@ -92,10 +92,14 @@ for d in operator webhook; do
 done
 op_pod=$(kubectl -n $REL_NS get lease vaultkeeper-operator -o jsonpath='{.spec.holderIdentity}')
 kubectl -n $REL_NS get pod "$op_pod" -o name >/dev/null 2>&1 && ok "the leader is the Pod $op_pod" || bad "no leader Pod: '$op_pod'"
-kubectl -n $REL_NS logs "$op_pod" | head -n 5 | python3 -c '
+# The Lease names the leader before it logs its first lines, so wait for two of them.
+json_lines() {
+  kubectl -n $REL_NS logs "$op_pod" | head -n 5 | python3 -c '
 import json, sys
 lines = [l for l in sys.stdin if l.strip()]
-sys.exit(0 if lines and all(json.loads(l).get("fields") for l in lines) else 1)' \
+sys.exit(0 if len(lines) >= 2 and all(json.loads(l).get("fields") for l in lines) else 1)'
+}
+eventually 20 json_lines \
   && ok "kubectl logs of the operator is JSON lines" || bad "operator log is not JSON: $(kubectl -n $REL_NS logs "$op_pod" | head -n 2)"
 kubectl -n $REL_NS logs deploy/$RELEASE-vaultkeeper-webhook | contains $'\e\[' && bad "colour codes in the webhook's log" || ok "no colour codes in kubectl logs of the webhook"
 
