@@ -63,6 +63,15 @@ pub fn until(from: Timestamp, to: Timestamp) -> Duration {
     }
 }
 
+/// How soon a failed attempt to keep something alive that ends at `end` must be retried at the
+/// latest: a third of the time left, never sooner than a second, so a few attempts fit before it
+/// ends whatever the backoff has grown to. `None` when it has ended (or has no end): the backoff
+/// alone then decides.
+pub fn retry_before_end(end: Option<Timestamp>, now: Timestamp) -> Option<Duration> {
+    let left = until(now, end?);
+    (!left.is_zero()).then(|| (left / 3).max(Duration::from_secs(1)))
+}
+
 /// `base` scaled by a random factor in [1 - spread, 1 + spread].
 pub fn jitter(base: Duration, spread: f64) -> Duration {
     let spread = spread.clamp(0.0, 1.0);
@@ -74,6 +83,27 @@ pub fn jitter(base: Duration, spread: f64) -> Duration {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_failure_is_retried_a_few_times_before_what_it_keeps_alive_ends() {
+        let now = Timestamp::now();
+        let end = |secs| Some(after_secs(now, secs));
+        assert_eq!(
+            retry_before_end(end(60), now),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(retry_before_end(end(2), now), Some(Duration::from_secs(1)));
+        assert_eq!(
+            retry_before_end(end(0), now),
+            None,
+            "ended: the backoff decides"
+        );
+        assert_eq!(
+            retry_before_end(Some(before(now, Duration::from_secs(5))), now),
+            None
+        );
+        assert_eq!(retry_before_end(None, now), None);
+    }
 
     #[test]
     fn saturates_at_the_ends_of_time() {

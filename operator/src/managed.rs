@@ -169,7 +169,7 @@ pub fn owned_by<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bo
 }
 
 /// How a controller treats its errors.
-pub struct ErrorPolicy<E> {
+pub struct ErrorPolicy<K, E> {
     /// The kind, for metric labels and the reconcile span.
     pub kind: &'static str,
     /// Errors that only a change of the resource can heal (an invalid spec, a conflict): the
@@ -179,16 +179,10 @@ pub struct ErrorPolicy<E> {
     pub reason: fn(&E) -> &'static str,
     /// The error a panic becomes, from its message.
     pub panicked: fn(String) -> E,
-    /// How soon an error must be retried at the latest, whatever the backoff says (a lease
-    /// renewed in Vault whose status could not be written is due again before it ends).
-    pub retry_within: fn(&E) -> Option<std::time::Duration>,
-}
-
-impl<E> ErrorPolicy<E> {
-    /// The policy of a kind none of whose errors bound its retry.
-    pub fn backoff_only(_: &E) -> Option<std::time::Duration> {
-        None
-    }
+    /// How soon a failure of this resource must be retried at the latest, whatever the backoff
+    /// says (a lease or certificate is retried before it ends; a lease renewed in Vault whose
+    /// status could not be written is due again before it ends).
+    pub retry_within: fn(&K, &E) -> Option<std::time::Duration>,
 }
 
 /// Runs the controller of kind `K`: its resources (cached in `writer`'s store) pass `predicate`
@@ -212,7 +206,7 @@ pub async fn run_controller<K, P, RFut>(
     predicate: P,
     lane: fn(&K) -> crate::context::Lane,
     reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
-    policy: ErrorPolicy<RFut::Error>,
+    policy: ErrorPolicy<K, RFut::Error>,
 ) where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -255,7 +249,7 @@ pub async fn run_controller<K, P, RFut>(
                     Action::await_change()
                 } else {
                     let backoff = ctx.backoff(&resource.uid().unwrap_or_default());
-                    let within = (policy.retry_within)(error).unwrap_or(backoff);
+                    let within = (policy.retry_within)(&resource, error).unwrap_or(backoff);
                     Action::requeue(backoff.min(within))
                 }
             },

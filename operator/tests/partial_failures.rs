@@ -752,6 +752,49 @@ async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due(
 }
 
 #[tokio::test]
+async fn dc_failed_renewal_is_retried_before_the_lease_ends_whatever_the_backoff() {
+    let mut run = Run::of(Kind::Dynamic);
+    run.settle(Kind::Dynamic).await;
+    let lease = run.held(Kind::Dynamic);
+    // Renewal due: an hour-long lease with a minute left.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    run.world.api.edit(&Kind::Dynamic.path(), |r| {
+        r["status"]["issueTime"] =
+            json!((now - k8s_openapi::jiff::SignedDuration::from_secs(3540)).to_string());
+        r["status"]["expiryTime"] =
+            json!((now + k8s_openapi::jiff::SignedDuration::from_secs(60)).to_string());
+    });
+    run.world.vault.fail_next("renew_lease", 503);
+    let err = run.dc().await.expect_failed();
+    assert!(
+        matches!(err, dynamic_credential::Error::Renew { .. }),
+        "{err}"
+    );
+    let dc: DynamicCredential = run
+        .world
+        .api
+        .get(&Kind::Dynamic.path())
+        .expect("the DynamicCredential");
+    let within = dynamic_credential::retry_within(&dc, &err)
+        .unwrap_or_else(|| panic!("no retry bound for a lease with a minute left: {err}"));
+    assert!(
+        within <= Duration::from_secs(20),
+        "retried within {within:?}, when the lease ends in 60 s"
+    );
+    assert_eq!(
+        run.live(Kind::Dynamic),
+        std::slice::from_ref(&lease),
+        "nothing issued"
+    );
+    run.settle(Kind::Dynamic).await;
+    assert_eq!(
+        run.held(Kind::Dynamic),
+        lease,
+        "renewed on the retry, the same credential"
+    );
+}
+
+#[tokio::test]
 async fn dc_lease_at_its_end_is_revoked_before_its_replacement_is_issued() {
     let (mut run, old) = dc_at_the_end_of_its_lease().await;
     run.dc().await.expect_done();

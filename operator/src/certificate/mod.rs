@@ -139,10 +139,17 @@ pub async fn run(
             waits_for_change,
             reason: Error::reason,
             panicked: Error::Panicked,
-            retry_within: crate::managed::ErrorPolicy::backoff_only,
+            retry_within,
         },
     )
     .await;
+}
+
+/// A failure to renew is retried before the certificate in the Secret expires, whatever the
+/// backoff has grown to.
+pub fn retry_within(cr: &CertificateRequest, _: &Error) -> Option<Duration> {
+    let not_after = cr.status.as_ref()?.not_after.as_ref()?.0;
+    crate::clock::retry_before_end(Some(not_after), Timestamp::now())
 }
 
 /// Errors that only a change of the resource can heal.

@@ -169,10 +169,26 @@ pub async fn run(
             waits_for_change,
             reason: Error::reason,
             panicked: Error::Panicked,
-            retry_within: Error::retry_within,
+            retry_within,
         },
     )
     .await;
+}
+
+/// How soon a failed reconcile must run again at the latest: a renewal whose status write was
+/// lost within its own bound; any other failure before the lease in the Secret ends (its expiry
+/// or, when Vault capped it, its max TTL), whatever the backoff has grown to. A lease renewed every
+/// 40 s whose renewal fails three times would otherwise wait 5, 10 and 20 s and be gone.
+pub fn retry_within(dc: &DynamicCredential, error: &Error) -> Option<Duration> {
+    error.retry_within().or_else(|| {
+        let status = dc.status.as_ref()?;
+        let end = [&status.expiry_time, &status.max_expiry_time]
+            .into_iter()
+            .flatten()
+            .map(|t| t.0)
+            .min();
+        crate::clock::retry_before_end(end, Timestamp::now())
+    })
 }
 
 /// Errors that only a change of the resource can heal.

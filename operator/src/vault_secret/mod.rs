@@ -135,7 +135,7 @@ pub async fn run(
             waits_for_change,
             reason: Error::reason,
             panicked: Error::Panicked,
-            retry_within: crate::managed::ErrorPolicy::backoff_only,
+            retry_within: |_, _| None,
         },
     )
     .await;
