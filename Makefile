@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds install-yaml build images up up-process bench bench-dynamic bench-certificate bench-injection fuzz
+.PHONY: test crds install-yaml build images up up-process bench bench-dynamic bench-certificate bench-injection chaos-kill fuzz
 
 test:
 	./hack/test.sh
@@ -41,6 +41,12 @@ bench-dynamic:
 # lateness): make bench-certificate ARGS="--n 1000 --algorithm RSA --mode sign"
 bench-certificate:
 	BENCH=bench_certificate ./hack/bench.sh $(ARGS)
+
+# Chaos: the operator killed with SIGKILL at random moments while DynamicCredentials renew and
+# rotate; prints what held (live leases, early revocations, orphans, rollouts):
+# make chaos-kill ARGS="--n 1000 --kills 100"
+chaos-kill:
+	BENCH=chaos_kill ./hack/bench.sh $(ARGS)
 
 # Injection benchmark (webhook direct and through the API server; our agent vs `bao agent`):
 # make bench-injection ARGS="--rate 200 --duration 30"

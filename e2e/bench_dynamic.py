@@ -31,18 +31,51 @@ from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespa
 ROLE = "bench"
 
 
-def dynamic_credential(ns: str, name: str, grace: str) -> dict:
-    return {
-        "apiVersion": "vaultkeeper.dev/v1alpha1", "kind": "DynamicCredential",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "auth": {"role": f"bench-dc-{ns}", "serviceAccountName": "bench"},
-            "source": {"mount": "database", "role": ROLE},
-            "rotationGracePeriod": grace,
-            "destination": {"name": name, "templates": {
-                "DATABASE_URL": "postgres://{{ .username }}:{{ .password }}@db/postgres"}},
-        },
+def dynamic_credential(ns: str, name: str, grace: str, restart: str = "") -> dict:
+    """A DynamicCredential of the bench role; `restart` names a Deployment it restarts on rotation."""
+    spec = {
+        "auth": {"role": f"bench-dc-{ns}", "serviceAccountName": "bench"},
+        "source": {"mount": "database", "role": ROLE},
+        "rotationGracePeriod": grace,
+        "destination": {"name": name, "templates": {
+            "DATABASE_URL": "postgres://{{ .username }}:{{ .password }}@db/postgres"}},
     }
+    if restart:
+        spec["restartTargets"] = [{"kind": "Deployment", "name": restart}]
+    return {"apiVersion": "vaultkeeper.dev/v1alpha1", "kind": "DynamicCredential",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def bao(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["bao", *args], check=True, capture_output=True, text=True, **kw)
+
+
+def prepare(kube: Kube, namespaces: list, ttl: str, max_ttl: str) -> None:
+    """The CRDs, OpenBao's database engine on the stack's PostgreSQL with the bench role (`ttl`,
+    `max_ttl`), and per namespace a ServiceAccount `bench` with its own Vault role."""
+    subprocess.run(["kubectl", "apply", "-f", str(ROOT / "manifests/crds.yaml")], check=True, capture_output=True)
+    subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd/dynamiccredentials.vaultkeeper.dev"],
+                   check=True, capture_output=True)
+    print(f"preparing the database engine (TTL {ttl}, max TTL {max_ttl}) and {len(namespaces)} namespaces ...",
+          flush=True)
+    mounts = bao("secrets", "list", "-format=json").stdout
+    if '"database/"' not in mounts:
+        bao("secrets", "enable", "database")
+    bao("write", "database/config/bench", "plugin_name=postgresql-database-plugin", f"allowed_roles={ROLE}",
+        f"connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@{os.environ['VK_PG_HOST']}:"
+        f"{os.environ['VK_PG_PORT']}/postgres?sslmode=disable",
+        "username=postgres", "password=unused", "max_open_connections=8",
+        "username_template=bench-{{.RoleName}}-{{random 20}}")
+    bao("write", f"database/roles/{ROLE}", "db_name=bench", f"default_ttl={ttl}", f"max_ttl={max_ttl}",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';")
+    bao("policy", "write", "bench-dc", "-",
+        input='path "database/creds/*" { capabilities = ["read"] }\npath "sys/leases/revoke" { capabilities = ["update"] }\n')
+    for ns in ["vaultkeeper-system", *namespaces]:  # the operator's own: its key and the lease tokens
+        ensure_namespace(kube, ns)
+    for ns in namespaces:
+        kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
+        bao("write", f"auth/kubernetes/role/bench-dc-{ns}", "bound_service_account_names=bench",
+            f"bound_service_account_namespaces={ns}", "policies=bench-dc", "token_period=1h")
 
 
 def psql(sql: str) -> str:
@@ -79,31 +112,8 @@ def main() -> int:
         args.n, args.namespaces, args.ttl, args.max_ttl, args.grace, args.window = 10, 2, "10s", "24s", "2s", 30
 
     kube = Kube()
-    bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
     namespaces = [f"bench-dc-{i}" for i in range(args.namespaces)]
-    subprocess.run(["kubectl", "apply", "-f", str(ROOT / "manifests/crds.yaml")], check=True, capture_output=True)
-    subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd/dynamiccredentials.vaultkeeper.dev"],
-                   check=True, capture_output=True)
-    print(f"preparing the database engine (TTL {args.ttl}, max TTL {args.max_ttl}) and {len(namespaces)} namespaces ...",
-          flush=True)
-    mounts = bao("secrets", "list", "-format=json").stdout
-    if '"database/"' not in mounts:
-        bao("secrets", "enable", "database")
-    bao("write", "database/config/bench", "plugin_name=postgresql-database-plugin", f"allowed_roles={ROLE}",
-        f"connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@{os.environ['VK_PG_HOST']}:"
-        f"{os.environ['VK_PG_PORT']}/postgres?sslmode=disable",
-        "username=postgres", "password=unused", "max_open_connections=8",
-        "username_template=bench-{{.RoleName}}-{{random 20}}")
-    bao("write", f"database/roles/{ROLE}", "db_name=bench", f"default_ttl={args.ttl}", f"max_ttl={args.max_ttl}",
-        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';")
-    bao("policy", "write", "bench-dc", "-",
-        input='path "database/creds/*" { capabilities = ["read"] }\npath "sys/leases/revoke" { capabilities = ["update"] }\n')
-    for ns in ["vaultkeeper-system", *namespaces]:  # the operator's own: its key and the lease tokens
-        ensure_namespace(kube, ns)
-    for ns in namespaces:
-        kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
-        bao("write", f"auth/kubernetes/role/bench-dc-{ns}", "bound_service_account_names=bench",
-            f"bound_service_account_namespaces={ns}", "policies=bench-dc", "token_period=1h")
+    prepare(kube, namespaces, args.ttl, args.max_ttl)
     names = [f"c{i:05d}" for i in range(args.n)]
 
     stop = threading.Event()

@@ -15,6 +15,7 @@ done
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 python3 e2e/bench_vaultsecret.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator" --loadgen "$BUILD_DIR/loadgen"
 python3 e2e/bench_dynamic.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
+python3 e2e/chaos_kill.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_certificate.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_injection.py --smoke --webhook "$BUILD_DIR/vaultkeeper-webhook" \
   --agent "$BUILD_DIR/vaultkeeper-agent" --loadgen "$BUILD_DIR/loadgen" --refhook "$BUILD_DIR/refhook"

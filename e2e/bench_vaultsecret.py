@@ -26,7 +26,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import GROUP, ROOT, Kube, metrics, pct, rss_kib, seconds_of, start_operator, stop_operator, total, smoke_verdict
+from benchlib import (GROUP, ROOT, Kube, cpu_seconds, metrics, pct, rss_kib, seconds_of, stack_pid, start_operator, stop_operator,
+                      total, smoke_verdict)
 
 
 def vault_secret(ns: str, name: str, refresh: str, path: str = "") -> dict:
@@ -153,6 +154,9 @@ def main() -> int:
     try:
         ready_at = time.monotonic()
         base_rss = rss_kib(op.pid, "VmRSS")
+        # CPU of each process over the first syncs (with --preload nothing else runs meanwhile).
+        procs = {"operator": op.pid, **{name: stack_pid(name) for name in ("kube-apiserver", "etcd", "bao")}}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
 
         if args.preload:
             t0 = ready_at
@@ -177,6 +181,7 @@ def main() -> int:
                 raise RuntimeError(f"only {ready}/{args.n} Ready after 900s")
             time.sleep(0.2)
         all_ready = time.monotonic() - t0
+        first_cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
         written = sorted(t for k, t in list(seen.items()) if k.split("/")[1] in first)
         throughput = len(written) / (written[-1] - ready_at) if args.preload and written and written[-1] > ready_at else 0
         print(f"  all {args.n} Ready after {all_ready:.1f}s (creates took {created:.1f}s; {len(written)} Secrets seen)",
@@ -244,6 +249,9 @@ def main() -> int:
             print(f"  time until all {args.n} Ready              {all_ready:8.1f} s  (from caches filled)")
             print(f"  first-sync throughput                    {throughput:8.0f} resources/s  "
                   f"(caches filled -> last Secret written)")
+            print("  CPU per first sync                       " + ", ".join(
+                f"{name} {cpu / args.n * 1000:.2f} ms" for name, cpu in first_cpu.items())
+                + f" (of {os.cpu_count() * all_ready / args.n * 1000:.2f} ms of the {os.cpu_count()} cores' time per resource)")
         else:
             print(f"  time until all {args.n} Ready              {all_ready:8.1f} s  "
                   f"(creates took {created:.1f} s, {args.n / max(created, 1e-9):.0f}/s)")

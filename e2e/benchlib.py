@@ -98,9 +98,10 @@ def pct(values: list, p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
-def start_operator(binary: str, log_name: str, *extra: str) -> tuple:
-    """Starts the operator with its metrics on a free loopback port, logging (warn) to the stack's
-    logs/<log_name>; returns (process, port) once it answers /readyz."""
+def start_operator(binary: str, log_name: str, *extra: str, append: bool = False) -> tuple:
+    """Starts the operator with its metrics on a free loopback port, logging (warn, or $VK_BENCH_LOG) to the stack's
+    logs/<log_name> (after what it holds, with `append`); returns (process, port) once it answers
+    /readyz."""
     # A benchmark stopped with SIGTERM unwinds (its `finally` stops the operator) instead of
     # leaving the operator behind to load the next run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -108,9 +109,9 @@ def start_operator(binary: str, log_name: str, *extra: str) -> tuple:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    log = open(Path(os.environ["VK_STACK_DIR"]) / "logs" / log_name, "w")
+    log = open(Path(os.environ["VK_STACK_DIR"]) / "logs" / log_name, "a" if append else "w")
     op = subprocess.Popen([binary, "--vault-addr", os.environ["VAULT_ADDR"], "--metrics-addr", f"127.0.0.1:{port}",
-                           "--log", "warn", *extra], stdout=log, stderr=log)
+                           "--log", os.environ.get("VK_BENCH_LOG", "warn"), *extra], stdout=log, stderr=log)
     deadline = time.monotonic() + 120
     while True:
         try:

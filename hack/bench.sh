@@ -3,6 +3,7 @@
 # Usage: hack/bench.sh [--n 1000] [--window 75] [--unrelated 100000] ...   (arguments go to e2e/bench_vaultsecret.py)
 #        BENCH=bench_dynamic hack/bench.sh [--n 1000] [--window 240]     (e2e/bench_dynamic.py: DynamicCredentials)
 #        BENCH=bench_certificate hack/bench.sh [--algorithm RSA] [--mode sign]   (e2e/bench_certificate.py)
+#        BENCH=chaos_kill hack/bench.sh [--n 1000] [--kills 100]          (e2e/chaos_kill.py: kill -9 of the operator)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -12,6 +13,9 @@ cargo build -q --release -p vaultkeeper-operator
 mkdir -p "$CARGO_TARGET_DIR"
 GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}/go/build GOFLAGS= \
   go build -trimpath -o "$CARGO_TARGET_DIR/loadgen" e2e/loadgen/main.go
+# The chaos scenarios read issuances, renewals and revocations from OpenBao's unhashed audit log
+# (a throwaway stack holding no real data).
+[ "${BENCH:-}" = chaos_kill ] && export VK_RAW_AUDIT=1
 STATE=target/bench
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"

@@ -344,8 +344,9 @@ struct Synced {
     written: bool,
 }
 
-/// Brings the Secret in line with Vault. Reads data only when needed; writes only on change. A
-/// `refresh` shares its reads with identical ones (see [`shared`]).
+/// Brings the Secret in line with Vault; writes only on change. A `refresh` reads the metadata and
+/// the data only of a new version, sharing its reads with identical ones (see [`shared`]); a first
+/// sync or a change reads the data at once.
 async fn sync(
     vs: &VaultSecret,
     plan: &Plan,
@@ -381,6 +382,11 @@ async fn sync(
                             .kv2_read(&token, &source.mount, &source.path, Some(v))
                             .await?,
                     )),
+                    shared::What::Wanted => shared::Answer::Version(Arc::new(
+                        client
+                            .kv2_read(&token, &source.mount, &source.path, source.version)
+                            .await?,
+                    )),
                     shared::What::Kv1 => shared::Answer::Kv1(Arc::new(
                         client.kv1_read(&token, &source.mount, &source.path).await?,
                     )),
@@ -394,8 +400,24 @@ async fn sync(
         })
     };
 
-    let (data, version) = match source.engine {
-        KvEngine::KvV2 => {
+    // A first sync or a change needs the data whatever the metadata says: one read where a
+    // metadata read and then a data read were two. Only a read that finds nothing asks the
+    // metadata why (a deleted, destroyed or missing version gets its own message).
+    let direct = if source.engine == KvEngine::KvV2 && !refresh {
+        match read(shared::What::Wanted, "kv2_read").await {
+            Ok(shared::Answer::Version(read)) => Some((read.data.clone(), Some(read.version))),
+            Ok(_) => unreachable!("a version read answers a version"),
+            Err(Error::ReadSource {
+                source: VaultError::NotFound { .. },
+            }) => None,
+            Err(err) => return Err(err),
+        }
+    } else {
+        None
+    };
+    let (data, version) = match (source.engine, direct) {
+        (_, Some(read)) => read,
+        (KvEngine::KvV2, None) => {
             let shared::Answer::Metadata(metadata) =
                 read(shared::What::Metadata, "kv2_metadata").await?
             else {
@@ -445,7 +467,7 @@ async fn sync(
             };
             (read.data.clone(), Some(read.version))
         }
-        KvEngine::KvV1 => {
+        (KvEngine::KvV1, None) => {
             let shared::Answer::Kv1(data) = read(shared::What::Kv1, "kv1_read").await? else {
                 unreachable!("a KV v1 read answers data")
             };

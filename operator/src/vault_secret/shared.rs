@@ -43,6 +43,10 @@ pub enum What {
     Metadata,
     /// One version of a KV v2 secret (immutable while it is live).
     Version(i64),
+    /// The version a spec asks for (its pinned one, else the current one), read without asking
+    /// the metadata first: first syncs and changes, which need the data anyway. Never shared: what
+    /// "current" names changes.
+    Wanted,
     /// A KV v1 secret.
     Kv1,
 }
@@ -90,7 +94,9 @@ impl SharedReads {
         };
         if !refresh {
             let answer = read.await?;
-            cache.insert(key, answer.clone()).await;
+            if key.what != What::Wanted {
+                cache.insert(key, answer.clone()).await;
+            }
             return Ok(answer);
         }
         let ran = AtomicBool::new(false);
