@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_dynamic import ROLE, dynamic_credential, pg_roles, prepare
-from benchlib import GROUP, ROOT, Kube, dc_ready, rss_kib, seconds_of, smoke_verdict, start_operator, stop_operator
+from benchlib import (GROUP, ROOT, Kube, dc_ready, metrics, rss_kib, seconds_of, smoke_verdict, start_operator, stop_operator,
+                      total)
 
 LEASE_ID = "vaultkeeper.dev/lease-id"
 RESTARTED_FOR = "vaultkeeper.dev/restarted-for"
@@ -178,9 +179,9 @@ def main() -> int:
 
     def start(append: bool):
         identity = [] if args.new_identity else ["--identity", "chaos-kill-0"]
-        return start_operator(args.operator, "operator-chaos-kill.log", *identity, append=append)[0]
+        return start_operator(args.operator, "operator-chaos-kill.log", *identity, append=append)
 
-    op = start(False)
+    op, _ = start(False)
     starts = 1
     try:
         print(f"creating {args.n} DynamicCredentials and their Deployments ...", flush=True)
@@ -200,6 +201,23 @@ def main() -> int:
             time.sleep(0.5)
         print(f"  all {args.n} Ready after {time.monotonic() - t0:.1f} s", flush=True)
 
+        # What one restart costs: the time until a new process has reconciled all N once, and what
+        # it wrote and asked Vault meanwhile.
+        op.kill()
+        op.wait()
+        op, port = start(True)
+        starts += 1
+        r0 = time.monotonic()
+        while True:
+            m = metrics(port)
+            if total(m, "vaultkeeper_syncs_total", 'kind="DynamicCredential"') >= args.n or time.monotonic() - r0 > 300:
+                break
+            time.sleep(0.2)
+        restart_cost = (time.monotonic() - r0, total(m, "vaultkeeper_syncs_total", 'kind="DynamicCredential"'),
+                        total(m, "vaultkeeper_kube_writes_total"), total(m, "vaultkeeper_vault_requests_total"))
+        print(f"  after a restart, {restart_cost[1]:.0f} reconciles in {restart_cost[0]:.1f} s "
+              f"({restart_cost[2]:.0f} Kubernetes writes, {restart_cost[3]:.0f} Vault requests)", flush=True)
+
         print(f"killing the operator {args.kills} times (pauses {pause_min}-{pause_max} s, seed {seed}) ...", flush=True)
         k0 = time.monotonic()
         kill_times, peak = [], 0
@@ -209,7 +227,7 @@ def main() -> int:
             op.kill()
             op.wait()
             kill_times.append(time.time())
-            op = start(True)
+            op, _ = start(True)
             starts += 1
         killing = time.monotonic() - k0
         # Undisturbed until every credential issued before the last kill has ended (its TTL) or,
@@ -296,6 +314,8 @@ def main() -> int:
           f"max TTL {args.max_ttl}, grace {args.grace}; {args.kills} kills in {killing:.0f} s (seed {seed}), "
           f"{starts} operator starts ({'each under a new name' if args.new_identity else 'under one name'})")
     print(f"  Ready at the end                          {ready_end}/{args.n}")
+    print(f"  one restart: all N reconciled once in     {restart_cost[0]:.1f} s ({restart_cost[2]:.0f} Kubernetes writes, "
+          f"{restart_cost[3]:.0f} Vault requests)")
     print(f"  live leases at the end                    {len(live)}: {len(live & in_secrets)} the Secrets hold (of "
           f"{len(in_secrets)}), {len((live - in_secrets) & retiring)} replaced ones in their grace period, "
           f"{len(live - in_secrets - retiring)} others")

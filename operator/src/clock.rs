@@ -72,6 +72,12 @@ pub fn retry_before_end(end: Option<Timestamp>, now: Timestamp) -> Option<Durati
     (!left.is_zero()).then(|| (left / 3).max(Duration::from_secs(1)))
 }
 
+/// A time for a message a status keeps, in whole seconds as the API server keeps its times, so
+/// a message computed again from the stored times reads the same (and is not written again).
+pub fn show(t: Timestamp) -> String {
+    format!("{t:.0}")
+}
+
 /// `base` scaled by a random factor in [1 - spread, 1 + spread].
 pub fn jitter(base: Duration, spread: f64) -> Duration {
     let spread = spread.clamp(0.0, 1.0);
@@ -103,6 +109,12 @@ mod tests {
             None
         );
         assert_eq!(retry_before_end(None, now), None);
+    }
+
+    #[test]
+    fn times_in_messages_have_whole_seconds() {
+        let t = Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_millis(482);
+        assert_eq!(show(t), "2027-01-15T08:00:00Z");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub fn vault_reason(err: &VaultError) -> &'static str {
     }
 }
 
+/// Whether two statuses serialize alike, as the API server would store them.
+fn stored_alike<S: Serialize>(a: &S, b: &S) -> bool {
+    matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Patches `resource`'s status from `current` to `new`, unless they are equal (and a status exists).
 pub async fn patch_status<K, S>(
     ctx: &Context,
@@ -40,7 +45,10 @@ where
         + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
-    if has_status && current == new {
+    // Compared as the API server keeps them too (times in whole seconds): a status that differs
+    // from the stored one only below a second is the stored one, and writing it costs a request
+    // per resource whenever a new process first reconciles them all.
+    if has_status && (current == new || stored_alike(current, new)) {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(

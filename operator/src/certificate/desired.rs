@@ -495,7 +495,7 @@ pub fn settled_status(
     let renewal = status
         .renewal_time
         .as_ref()
-        .map(|r| r.0.to_string())
+        .map(|r| crate::clock::show(r.0))
         .unwrap_or_default();
     let ready = Desired {
         type_: condition_types::READY,

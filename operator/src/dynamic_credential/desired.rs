@@ -306,7 +306,7 @@ pub fn settled_status(
             status
                 .expiry_time
                 .as_ref()
-                .map(|t| t.0.to_string())
+                .map(|t| crate::clock::show(t.0))
                 .unwrap_or_default()
         ),
     };
