@@ -35,6 +35,7 @@ from benchlib import (GROUP, ROOT, Kube, dc_ready, metrics, rss_kib, seconds_of,
 
 LEASE_ID = "vaultkeeper.dev/lease-id"
 RESTARTED_FOR = "vaultkeeper.dev/restarted-for"
+RETIRING = "vaultkeeper.dev/retiring-leases"
 
 
 def deployment(ns: str, name: str) -> dict:
@@ -236,14 +237,22 @@ def main() -> int:
         print(f"  {args.kills} kills in {killing:.0f} s; running undisturbed for {settle:.0f} s ...", flush=True)
         time.sleep(settle)
         peak = max(peak, rss_kib(op.pid, "VmHWM"))
+        # Stopped (gracefully) before the snapshot, so that nothing moves while it is taken.
+        stop_operator(op)
+        time.sleep(2)  # (the watches catch up)
         end = time.time()
         live = live_lease_ids()
         end_roles = pg_roles()
         items = [o for o in kube.request("GET", f"{GROUP}/dynamiccredentials")["items"]
                  if o["metadata"]["namespace"] in namespaces]
         ready_end = sum(1 for o in items if dc_ready(o))
-        # Replaced leases still in their grace period (or waiting for a rollout) at the end.
+        # Replaced leases still in their grace period (or waiting for a rollout), as the statuses
+        # and the Secrets (written first) record them.
         retiring = {r["leaseId"] for o in items for r in (o.get("status") or {}).get("retiringLeases", [])}
+        for sec in kube.request("GET", "/api/v1/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvaultkeeper")["items"]:
+            if sec["metadata"]["namespace"] in namespaces:
+                recorded = (sec["metadata"].get("annotations") or {}).get(RETIRING, "[]")
+                retiring |= {r.get("leaseId") for r in json.loads(recorded) if isinstance(r, dict)}
     finally:
         stop_operator(op)
         stop.set()
@@ -330,6 +339,10 @@ def main() -> int:
           f"{len(revoked_ended)})")
     print(f"  rollouts (template changes)               {rollouts}; not called for by a new credential: {excess}")
     print(f"  operator peak RSS                         {peak / 1024:.1f} MiB (highest VmHWM of its {starts} processes)")
+    if os.environ.get("VK_CHAOS_DUMP"):  # the timelines, for looking into a failure
+        Path(os.environ["VK_CHAOS_DUMP"]).write_text(json.dumps({
+            "held": held_now, "stamps": stamps_now, "issued": issued, "renewed": renewed, "revoked": revoked,
+            "live": sorted(live), "kills": kill_times}))
     for line in details[:5]:
         print(f"    {line}")
     for b in broken:
