@@ -715,12 +715,11 @@ fn never_two_live(run: &Run) {
     }
 }
 
-#[tokio::test]
-async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due() {
+/// A settled DynamicCredential whose renewal is due: an hour-long lease with a minute left.
+async fn dc_due_for_renewal() -> (Run, String) {
     let mut run = Run::of(Kind::Dynamic);
     run.settle(Kind::Dynamic).await;
     let lease = run.held(Kind::Dynamic);
-    // Renewal due: an hour-long lease with a minute left.
     let now = k8s_openapi::jiff::Timestamp::now();
     run.world.api.edit(&Kind::Dynamic.path(), |r| {
         r["status"]["issueTime"] =
@@ -728,6 +727,12 @@ async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due(
         r["status"]["expiryTime"] =
             json!((now + k8s_openapi::jiff::SignedDuration::from_secs(60)).to_string());
     });
+    (run, lease)
+}
+
+#[tokio::test]
+async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due() {
+    let (mut run, lease) = dc_due_for_renewal().await;
     let renewals = run.world.vault.calls("renew_lease");
     run.world
         .api
@@ -753,17 +758,7 @@ async fn dc_renewal_whose_status_write_fails_is_retried_before_the_lease_is_due(
 
 #[tokio::test]
 async fn dc_failed_renewal_is_retried_before_the_lease_ends_whatever_the_backoff() {
-    let mut run = Run::of(Kind::Dynamic);
-    run.settle(Kind::Dynamic).await;
-    let lease = run.held(Kind::Dynamic);
-    // Renewal due: an hour-long lease with a minute left.
-    let now = k8s_openapi::jiff::Timestamp::now();
-    run.world.api.edit(&Kind::Dynamic.path(), |r| {
-        r["status"]["issueTime"] =
-            json!((now - k8s_openapi::jiff::SignedDuration::from_secs(3540)).to_string());
-        r["status"]["expiryTime"] =
-            json!((now + k8s_openapi::jiff::SignedDuration::from_secs(60)).to_string());
-    });
+    let (mut run, lease) = dc_due_for_renewal().await;
     run.world.vault.fail_next("renew_lease", 503);
     let err = run.dc().await.expect_failed();
     assert!(
