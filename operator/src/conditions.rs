@@ -43,13 +43,12 @@ pub fn set(
     out
 }
 
-/// A JSON merge patch that turns status `current` into `new`. Optional fields are skipped when
-/// empty, and a merge patch leaves absent fields alone, so fields `new` drops are sent as `null`.
-pub fn status_patch<T: serde::Serialize>(current: &T, new: &T) -> serde_json::Value {
-    let mut patch = serde_json::to_value(new).unwrap_or_default();
-    if let (Some(patch), Ok(serde_json::Value::Object(old))) =
-        (patch.as_object_mut(), serde_json::to_value(current))
-    {
+/// A JSON merge patch that turns status `current` into `new` (both serialized). Optional fields are
+/// skipped when empty, and a merge patch leaves absent fields alone, so fields `new` drops are sent
+/// as `null`.
+pub fn merge_patch(current: serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    let mut patch = new;
+    if let (Some(patch), serde_json::Value::Object(old)) = (patch.as_object_mut(), current) {
         for key in old.keys() {
             patch.entry(key.clone()).or_insert(serde_json::Value::Null);
         }
@@ -90,17 +89,19 @@ mod tests {
             b: Vec<i32>,
             c: i32,
         }
-        let patch = status_patch(
-            &S {
+        let patch = merge_patch(
+            serde_json::to_value(S {
                 a: Some(1),
                 b: vec![1],
                 c: 1,
-            },
-            &S {
+            })
+            .unwrap(),
+            serde_json::to_value(S {
                 a: None,
                 b: vec![],
                 c: 2,
-            },
+            })
+            .unwrap(),
         );
         assert_eq!(
             patch,

@@ -25,11 +25,6 @@ pub fn vault_reason(err: &VaultError) -> &'static str {
     }
 }
 
-/// Whether two statuses serialize alike, as the API server would store them.
-fn stored_alike<S: Serialize>(a: &S, b: &S) -> bool {
-    matches!((serde_json::to_value(a), serde_json::to_value(b)), (Ok(a), Ok(b)) if a == b)
-}
-
 /// Patches `resource`'s status from `current` to `new`, unless they are equal (and a status exists).
 pub async fn patch_status<K, S>(
     ctx: &Context,
@@ -45,10 +40,17 @@ where
         + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
+    if has_status && current == new {
+        return Ok(());
+    }
     // Compared as the API server keeps them too (times in whole seconds): a status that differs
     // from the stored one only below a second is the stored one, and writing it costs a request
     // per resource whenever a new process first reconciles them all.
-    if has_status && (current == new || stored_alike(current, new)) {
+    let (stored, wanted) = (
+        serde_json::to_value(current).unwrap_or_default(),
+        serde_json::to_value(new).unwrap_or_default(),
+    );
+    if has_status && stored == wanted {
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(
@@ -58,7 +60,7 @@ where
     api.patch_status(
         &resource.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(conditions::status_patch(current, new)),
+        &Patch::Merge(conditions::merge_patch(stored, wanted)),
     )
     .await?;
     ctx.metrics.kube_write("status");
