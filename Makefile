@@ -1,5 +1,5 @@
 # Entry points. `make test` is what CI runs (.ci/run).
-.PHONY: test crds install-yaml build images up up-process bench bench-dynamic bench-certificate bench-injection chaos-kill fuzz
+.PHONY: test crds install-yaml build images up up-process bench bench-dynamic bench-certificate bench-injection chaos-kill chaos-restart fuzz
 
 test:
 	./hack/test.sh
@@ -47,6 +47,12 @@ bench-certificate:
 # make chaos-kill ARGS="--n 1000 --kills 100"
 chaos-kill:
 	BENCH=chaos_kill ./hack/bench.sh $(ARGS)
+
+# Chaos: the API server and etcd restarted (cleanly and with SIGKILL) under a running operator;
+# prints what held (no issue, no Secret changed, no rollout; watches carry changes afterwards):
+# make chaos-restart ARGS="--n 300 --restarts 8"
+chaos-restart:
+	BENCH=chaos_restart ./hack/bench.sh $(ARGS)
 
 # Injection benchmark (webhook direct and through the API server; our agent vs `bao agent`):
 # make bench-injection ARGS="--rate 200 --duration 30"

@@ -4,6 +4,7 @@
 #        BENCH=bench_dynamic hack/bench.sh [--n 1000] [--window 240]     (e2e/bench_dynamic.py: DynamicCredentials)
 #        BENCH=bench_certificate hack/bench.sh [--algorithm RSA] [--mode sign]   (e2e/bench_certificate.py)
 #        BENCH=chaos_kill hack/bench.sh [--n 1000] [--kills 100]          (e2e/chaos_kill.py: kill -9 of the operator)
+#        BENCH=chaos_restart hack/bench.sh [--n 300] [--restarts 8]      (e2e/chaos_restart.py: API server and etcd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -15,7 +16,7 @@ GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}/go
   go build -trimpath -o "$CARGO_TARGET_DIR/loadgen" e2e/loadgen/main.go
 # The chaos scenarios read issuances, renewals and revocations from OpenBao's unhashed audit log
 # (a throwaway stack holding no real data).
-[ "${BENCH:-}" = chaos_kill ] && export VK_RAW_AUDIT=1
+case "${BENCH:-}" in chaos_*) export VK_RAW_AUDIT=1 ;; esac
 STATE=target/bench
 python3 e2e/stack/stack.py down --state-dir "$STATE"
 rm -rf "$STATE"

@@ -88,6 +88,23 @@ class Stack:
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.pids / f"{name}.pid").write_text(str(proc.pid))
+        (self.pids / f"{name}.argv").write_text(json.dumps(args))  # for `restart`
+
+    def restart(self, name: str, hard: bool) -> None:
+        """Stops one process (SIGKILL with `hard`, else as `down` does) and starts it again with the
+        same command line."""
+        args = json.loads((self.pids / f"{name}.argv").read_text())
+        if hard:
+            pid = int((self.pids / f"{name}.pid").read_text())
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while running(pid):
+                time.sleep(0.05)
+        else:
+            self.stop(name)
+        self.start(name, args)
 
     def alive(self) -> dict:
         out = {}
@@ -321,7 +338,10 @@ audit "file" "to-file" {{
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "run", "status", "node-check", "bao-stop", "bao-start", "bao-seal", "bao-unseal"])
+    parser.add_argument("command", choices=["up", "down", "run", "status", "node-check", "bao-stop", "bao-start", "bao-seal", "bao-unseal",
+                                            "restart"])
+    parser.add_argument("name", nargs="?", help="with restart: the process (etcd, kube-apiserver, ...)")
+    parser.add_argument("--hard", action="store_true", help="with restart: SIGKILL instead of a clean stop")
     parser.add_argument("--state-dir", default="target/stack")
     parser.add_argument("--node", action="store_true", help="with up/run: also a real node (kubelet, containerd, kube-proxy)")
     parser.add_argument("--foreground", action="store_true", help="with up: stay until interrupted, then stop everything")
@@ -337,6 +357,16 @@ def main() -> int:
         return host_restored(stack.down())
     if args.command == "node-check":
         return host_restored(real_node.Node(stack, BIN).check())
+    if args.command == "restart":
+        if not args.name or not (stack.pids / f"{args.name}.argv").exists():
+            print(f"restart needs the name of a running process: {', '.join(stack.alive())}", file=sys.stderr)
+            return 2
+        stack.restart(args.name, args.hard)
+        if args.name in ("etcd", "kube-apiserver"):
+            kubeconfig = stack.state / "admin.kubeconfig"
+            wait_for("the API server", lambda: sh(str(BIN / "kubectl"), f"--kubeconfig={kubeconfig}", "get", "--raw",
+                                                  "/readyz").strip() == "ok")
+        return 0
     if args.command in ("bao-stop", "bao-start", "bao-seal", "bao-unseal"):
         info = json.loads((stack.state / "bao" / "init.json").read_text())
         env = {**os.environ, "BAO_ADDR": info["addr"], "BAO_TOKEN": info["root"]}

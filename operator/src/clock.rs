@@ -19,6 +19,21 @@ pub fn after(t: Timestamp, d: Duration) -> Timestamp {
     t.saturating_add(signed(d)).unwrap_or(Timestamp::MAX)
 }
 
+/// `t + d` rounded up to a whole second, for a deadline the operator stores (a status field or an
+/// annotation): the API server keeps times in whole seconds, so an instant with a fraction would
+/// read back up to a second early. Stored so, it reads back as no earlier than asked.
+pub fn after_stored(t: Timestamp, d: Duration) -> Timestamp {
+    use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
+    let exact = after(t, d);
+    exact
+        .round(
+            TimestampRound::new()
+                .smallest(Unit::Second)
+                .mode(RoundMode::Ceil),
+        )
+        .unwrap_or(exact)
+}
+
 /// `t - d`, or the first representable instant when that lies before it.
 pub fn before(t: Timestamp, d: Duration) -> Timestamp {
     t.saturating_sub(signed(d)).unwrap_or(Timestamp::MIN)
@@ -89,6 +104,15 @@ pub fn jitter(base: Duration, spread: f64) -> Duration {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_stored_deadline_is_rounded_up_to_a_whole_second() {
+        let t = Timestamp::from_second(1_800_000_000).unwrap();
+        let d = Duration::from_millis(2_300);
+        assert_eq!(after_stored(t, d), after_secs(t, 3));
+        assert_eq!(after_stored(t, Duration::from_secs(2)), after_secs(t, 2));
+        assert_eq!(after_stored(Timestamp::MAX, d), Timestamp::MAX);
+    }
 
     #[test]
     fn a_failure_is_retried_a_few_times_before_what_it_keeps_alive_ends() {

@@ -115,7 +115,7 @@ pub fn schedule(
         stamp,
         not_before: existing
             .map(|p| p.not_before.clone())
-            .unwrap_or_else(|| Time(crate::clock::after(now, debounce))),
+            .unwrap_or_else(|| Time(crate::clock::after_stored(now, debounce))),
     }
 }
 

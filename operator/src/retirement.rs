@@ -62,7 +62,7 @@ pub fn decide(
                 decision.keep.push(r);
                 continue;
             }
-            r.revoke_after = Some(clock::after(now, grace));
+            r.revoke_after = Some(clock::after_stored(now, grace));
         }
         let after = r.revoke_after.unwrap_or(now);
         if after <= now {
@@ -142,6 +142,30 @@ mod tests {
         d.revocation_failed(failed.clone(), now);
         assert_eq!(d.keep, vec![failed]);
         assert_eq!(d.wake, Some(at(80)));
+    }
+
+    #[test]
+    fn the_grace_holds_through_the_whole_seconds_a_status_keeps() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let grace = Duration::from_secs(2);
+        for millis in [0, 1, 300, 999] {
+            let now = at(0) + SignedDuration::from_millis(millis);
+            let d = decide(vec![r("a", Some(100), None)], true, grace, now);
+            let set = d.keep[0].revoke_after.expect("the grace started");
+            // As the next reconcile reads it: written to the status, kept in whole seconds.
+            let stored: Time =
+                serde_json::from_value(serde_json::to_value(Time(set)).unwrap()).unwrap();
+            let just_before = now + SignedDuration::from_millis(1999);
+            let later = Retiring {
+                revoke_after: Some(stored.0),
+                ..d.keep[0].clone()
+            };
+            let d = decide(vec![later], false, grace, just_before);
+            assert!(
+                d.revoke.is_empty(),
+                "revoked {millis} ms past a second plus 1.999 s into a 2 s grace"
+            );
+        }
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn issue(
             lease_id: old.id.clone(),
             expiry_time: Some(Time(old.expires)),
             revoke_after: (!gathered.has_restart_targets)
-                .then(|| Time(crate::clock::after(now, gathered.grace))),
+                .then(|| Time(crate::clock::after_stored(now, gathered.grace))),
         });
     }
     LeaseAction::Issue {

@@ -265,7 +265,7 @@ pub fn take_up_record(
         status.retiring_leases.push(RetiringLease {
             lease_id: old,
             expiry_time: status.expiry_time.clone(),
-            revoke_after: Some(Time(crate::clock::after(now, grace))),
+            revoke_after: Some(Time(crate::clock::after_stored(now, grace))),
         });
     }
     status
