@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, metrics, rss_kib, show_bound,
+from benchlib import (GROUP, ROOT, Kube, bucket_pct, cpu_seconds, ensure_namespace, ensure_service_account, metrics, rss_kib, show_bound,
                       stack_pid, start_operator, stop_operator, total, wait_all_ready, watch_secrets, smoke_verdict)
 
 MOUNT, ROLE, DOMAIN = "pki-bench", "bench", "bench.example.com"
@@ -43,6 +43,28 @@ def certificate_request(ns: str, name: str, args) -> dict:
             "destination": {"name": name},
         },
     }
+
+
+def prepare_pki(kube: Kube, namespaces: list) -> None:
+    """A PKI mount with an ECDSA P-256 root and the bench role, and per namespace a ServiceAccount
+    `bench` with its own Vault role `bench-pki-<ns>` (issue, sign, revoke)."""
+    bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
+    print(f"preparing a PKI mount (ECDSA P-256 root) and {len(namespaces)} namespaces ...", flush=True)
+    if f'"{MOUNT}/"' not in bao("secrets", "list", "-format=json").stdout:
+        bao("secrets", "enable", f"-path={MOUNT}", "pki")
+        bao("secrets", "tune", "-max-lease-ttl=8760h", MOUNT)
+        bao("write", f"{MOUNT}/root/generate/internal", "common_name=vaultkeeper bench root", "key_type=ec",
+            "key_bits=256", "ttl=8760h")
+    bao("write", f"{MOUNT}/roles/{ROLE}", f"allowed_domains={DOMAIN}", "allow_subdomains=true", "key_type=any",
+        "max_ttl=24h")
+    bao("policy", "write", "bench-pki", "-", input="".join(
+        f'path "{MOUNT}/{p}" {{ capabilities = ["update"] }}\n' for p in (f"issue/{ROLE}", f"sign/{ROLE}", "revoke")))
+    for ns in ["vaultkeeper-system", *namespaces]:  # the operator's own namespace, for its leader Lease
+        ensure_namespace(kube, ns)
+    for ns in namespaces:
+        ensure_service_account(kube, ns, "bench")
+        bao("write", f"auth/kubernetes/role/bench-pki-{ns}", "bound_service_account_names=bench",
+            f"bound_service_account_namespaces={ns}", "policies=bench-pki", "token_ttl=1h")
 
 
 def main() -> int:
@@ -67,27 +89,11 @@ def main() -> int:
     args.size = args.size or (256 if args.algorithm == "ECDSA" else 2048)
 
     kube = Kube()
-    bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
     namespaces = [f"bench-pki-{i}" for i in range(args.namespaces)]
     subprocess.run(["kubectl", "apply", "-f", str(ROOT / "manifests/crds.yaml")], check=True, capture_output=True)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd/certificaterequests.vaultkeeper.dev"],
                    check=True, capture_output=True)
-    print(f"preparing a PKI mount (ECDSA P-256 root) and {len(namespaces)} namespaces ...", flush=True)
-    if f'"{MOUNT}/"' not in bao("secrets", "list", "-format=json").stdout:
-        bao("secrets", "enable", f"-path={MOUNT}", "pki")
-        bao("secrets", "tune", "-max-lease-ttl=8760h", MOUNT)
-        bao("write", f"{MOUNT}/root/generate/internal", "common_name=vaultkeeper bench root", "key_type=ec",
-            "key_bits=256", "ttl=8760h")
-    bao("write", f"{MOUNT}/roles/{ROLE}", f"allowed_domains={DOMAIN}", "allow_subdomains=true", "key_type=any",
-        "max_ttl=24h")
-    bao("policy", "write", "bench-pki", "-", input="".join(
-        f'path "{MOUNT}/{p}" {{ capabilities = ["update"] }}\n' for p in (f"issue/{ROLE}", f"sign/{ROLE}", "revoke")))
-    for ns in ["vaultkeeper-system", *namespaces]:  # the operator's own namespace, for its leader Lease
-        ensure_namespace(kube, ns)
-    for ns in namespaces:
-        kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
-        bao("write", f"auth/kubernetes/role/bench-pki-{ns}", "bound_service_account_names=bench",
-            f"bound_service_account_namespaces={ns}", "policies=bench-pki", "token_ttl=1h")
+    prepare_pki(kube, namespaces)
     names = [f"t{i:05d}" for i in range(args.n)]
     bao_pid, kube_pids = stack_pid("bao"), [stack_pid("kube-apiserver"), stack_pid("etcd")]
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The benchmarks' short form (inside `stack.py run`, from e2e/run.sh): `make bench`,
-# `make bench-dynamic`, `make chaos-kill`, `make chaos-restart`, `make bench-certificate` and
-# `make bench-injection` at small sizes with the debug builds, so the commands keep working. Each
-# exits 1 if a phase did not work (errors, no calls, a probe never served, no renewal, leases left,
-# agents differing, a chaos guarantee broken); the figures are printed and not judged here
-# (docs/performance.md has the measured ones).
+# `make bench-dynamic`, `make chaos-kill`, `make chaos-restart`, `make chaos-outage`,
+# `make bench-certificate` and `make bench-injection` at small sizes with the debug builds, so the
+# commands keep working. Each exits 1 if a phase did not work (errors, no calls, a probe never
+# served, no renewal, leases left, agents differing, a chaos guarantee broken); the figures are
+# printed and not judged here (docs/performance.md has the measured ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . e2e/lib.sh
@@ -21,6 +21,8 @@ python3 e2e/bench_dynamic.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator
 python3 e2e/chaos_kill.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 # Restarts this stack's API server and etcd (they come back on the same ports and data).
 python3 e2e/chaos_restart.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
+# Stops and starts this stack's OpenBao (its data kept).
+python3 e2e/chaos_outage.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_certificate.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_injection.py --smoke --webhook "$BUILD_DIR/vaultkeeper-webhook" \
   --agent "$BUILD_DIR/vaultkeeper-agent" --loadgen "$BUILD_DIR/loadgen" --refhook "$BUILD_DIR/refhook"

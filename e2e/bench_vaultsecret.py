@@ -43,6 +43,16 @@ def vault_secret(ns: str, name: str, refresh: str, path: str = "") -> dict:
     }
 
 
+def kv_identity(ns: str) -> None:
+    """Namespace `ns`'s Vault role `bench-<ns>` for its ServiceAccount `bench`: reads of secret/bench/*."""
+    subprocess.run(["bao", "policy", "write", f"bench-{ns}", "-"], check=True, capture_output=True, text=True,
+                   input='path "secret/data/bench/*" { capabilities = ["read"] }\n'
+                         'path "secret/metadata/bench/*" { capabilities = ["read"] }\n')
+    subprocess.run(["bao", "write", f"auth/kubernetes/role/bench-{ns}", "bound_service_account_names=bench",
+                    f"bound_service_account_namespaces={ns}", f"policies=bench-{ns}", "ttl=1h"],
+                   check=True, capture_output=True, text=True)
+
+
 def create_unrelated(args, kube, namespaces: list, pid: int) -> dict:
     """Creates args.unrelated Secrets and as many ConfigMaps that the operator does not manage, over
     the namespaces, with the load generator (keep-alive, generateName); the operator's RSS before
@@ -101,7 +111,6 @@ def main() -> int:
         args.namespaces = 1
 
     kube = Kube()
-    bao = lambda *a, **kw: subprocess.run(["bao", *a], check=True, capture_output=True, text=True, **kw)  # noqa: E731
     namespaces = [f"bench-{i}" for i in range(args.namespaces)]
     subprocess.run(["kubectl", "apply", "-f", str(ROOT / "manifests/crds.yaml")], check=True, capture_output=True)
     subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd/vaultsecrets.vaultkeeper.dev"],
@@ -110,10 +119,7 @@ def main() -> int:
     for ns in namespaces:
         kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
         kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
-        bao("policy", "write", f"bench-{ns}", "-",
-            input='path "secret/data/bench/*" { capabilities = ["read"] }\npath "secret/metadata/bench/*" { capabilities = ["read"] }\n')
-        bao("write", f"auth/kubernetes/role/bench-{ns}", "bound_service_account_names=bench",
-            f"bound_service_account_namespaces={ns}", f"policies=bench-{ns}", "ttl=1h")
+        kv_identity(ns)
     token = os.environ["VAULT_TOKEN"]
     names = [f"s{i:05d}" for i in range(args.n + args.probe)]
 

@@ -141,6 +141,14 @@ def ensure_namespace(kube: Kube, name: str) -> None:
             raise
 
 
+def ensure_service_account(kube: Kube, ns: str, name: str) -> None:
+    try:
+        kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": name}})
+    except RuntimeError as err:
+        if ": 409 " not in str(err):  # already there
+            raise
+
+
 def bucket_pct(m: dict, name: str, needles: tuple, p: float) -> tuple:
     """(upper bound of the bucket holding the p-th percentile, count) of a histogram in `m` (for
     example the difference of two scrapes); (None, 0) if it has no observations."""

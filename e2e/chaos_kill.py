@@ -140,7 +140,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.n, args.namespaces, args.kills, args.pause = 12, 2, 10, "0.5,3"
-        args.ttl, args.max_ttl, args.grace = "15s", "30s", "2s"
+        # Rotation at 80 % of 45 s leaves 9 s for the restart's debounce, the rollout and the grace
+        # period, so old leases are revoked (with less, they end on their own first).
+        args.ttl, args.max_ttl, args.grace = "15s", "45s", "2s"
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     pause_min, pause_max = (float(x) for x in args.pause.split(","))
@@ -367,6 +369,8 @@ def main() -> int:
                       f"not exactly the {args.n} the Secrets hold")
     if revoked_in_use or revoked_in_grace:
         failed.append(f"revoked early: {len(revoked_in_use)} in use, {len(revoked_in_grace)} in their grace period")
+    if args.smoke and not revoked:
+        failed.append("no replaced lease was revoked, so the early-revocation checks saw nothing")
     if ended_in_use:
         failed.append(f"{len(ended_in_use)} leases ended while a Secret held them")
     if len(orphans) > args.kills:

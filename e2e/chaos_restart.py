@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_dynamic import dynamic_credential, prepare
-from bench_vaultsecret import vault_secret
+from bench_vaultsecret import kv_identity, vault_secret
 from benchlib import (GROUP, ROOT, Kube, dc_ready, metrics, rss_kib, smoke_verdict, start_operator, stop_operator,
                       total)
 from chaos_kill import LEASE_ID, RESTARTED_FOR, audit_events, deployment, live_lease_ids
@@ -147,12 +147,7 @@ def main() -> int:
     namespaces = [f"restart-{i}" for i in range(args.namespaces)]
     prepare(kube, namespaces, args.ttl, args.max_ttl)
     for ns in namespaces:  # the VaultSecrets' identity: the same ServiceAccount, a KV policy
-        subprocess.run(["bao", "policy", "write", f"bench-{ns}", "-"], check=True, capture_output=True, text=True,
-                       input='path "secret/data/bench/*" { capabilities = ["read"] }\n'
-                             'path "secret/metadata/bench/*" { capabilities = ["read"] }\n')
-        subprocess.run(["bao", "write", f"auth/kubernetes/role/bench-{ns}", "bound_service_account_names=bench",
-                        f"bound_service_account_namespaces={ns}", f"policies=bench-{ns}", "ttl=1h"],
-                       check=True, capture_output=True, text=True)
+        kv_identity(ns)
 
     def put(name: str, version: str = "1") -> None:
         req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/secret/data/bench/{name}", method="POST",

@@ -5,6 +5,7 @@
 #        BENCH=bench_certificate hack/bench.sh [--algorithm RSA] [--mode sign]   (e2e/bench_certificate.py)
 #        BENCH=chaos_kill hack/bench.sh [--n 1000] [--kills 100]          (e2e/chaos_kill.py: kill -9 of the operator)
 #        BENCH=chaos_restart hack/bench.sh [--n 300] [--restarts 8]      (e2e/chaos_restart.py: API server and etcd)
+#        BENCH=chaos_outage hack/bench.sh [--n 1000] [--outage 3600]     (e2e/chaos_outage.py: OpenBao away)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}

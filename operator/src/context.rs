@@ -43,6 +43,8 @@ pub struct Context {
     pub token_replace_before: Duration,
     /// Debounce and rate limits of workload restarts.
     pub restarts: Orchestrator,
+    /// Resources waiting for Vault to come back, and the probe that sees it come back.
+    pub outages: crate::outage::Outages,
     /// Consecutive failures per object (by UID), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -100,6 +102,7 @@ impl Context {
             lease_tokens,
             restarts,
             token_replace_before: Duration::from_secs(120),
+            outages: crate::outage::Outages::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -117,6 +117,11 @@ impl Identities {
         }
     }
 
+    /// Every configured connection, by name.
+    pub fn connections(&self) -> impl Iterator<Item = (&String, &Connection)> {
+        self.connections.iter()
+    }
+
     /// The named connection, if configured.
     pub fn connection(&self, name: &str) -> Option<&Connection> {
         self.connections.get(name)

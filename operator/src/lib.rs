@@ -15,6 +15,7 @@ pub mod lease_tokens;
 pub mod managed;
 pub mod metrics;
 pub mod operator_key;
+pub mod outage;
 pub mod report;
 pub mod restart;
 pub mod retirement;

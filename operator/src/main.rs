@@ -279,6 +279,20 @@ async fn main() -> anyhow::Result<()> {
             )),
         ));
     }
+    // Sees Vault come back after an outage, so what waited for it is retried at once.
+    let probe = {
+        let ctx = ctx.clone();
+        let connections = ctx
+            .identities
+            .connections()
+            .map(|(name, c)| (name.clone(), c.client.clone()))
+            .collect::<Vec<_>>();
+        tokio::spawn(async move {
+            ctx.outages
+                .probe(connections, vaultkeeper_operator::outage::PROBE_EVERY)
+                .await
+        })
+    };
     drop(ctx);
     tracing::info!("controllers running");
 
@@ -290,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let controllers = tasks.len();
     tasks.extend(watches);
+    tasks.push(("Vault outage probe".to_owned(), probe));
     if let Some(names) = webhook_tls {
         tasks.push((
             "webhook serving certificate".to_owned(),

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ReflectHandle;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::{Predicate, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::Instrument;
@@ -222,9 +222,16 @@ pub async fn run_controller<K, P, RFut>(
     let reader = writer.as_reader();
     let resources = resources(scope.api::<K>(ctx.watch_client.clone()), writer)
         .predicate_filter(predicate, Default::default());
+    // Resources that failed because Vault was away are retried once it answers again, not each
+    // at the end of a backoff grown long in the outage.
+    let (waiting, mut vault_back) = crate::outage::Waiting::<ObjectRef<K>>::new(&ctx.outages);
+    let succeeded = waiting.clone();
     Controller::for_stream(resources, reader)
         .owns_shared_stream(secrets)
-        .reconcile_on(deleted_owners(deleted))
+        .reconcile_on(futures::stream::select(
+            deleted_owners(deleted),
+            futures::stream::poll_fn(move |cx| vault_back.poll_recv(cx)),
+        ))
         .graceful_shutdown_on(shutdown)
         .run(
             move |resource: Arc<K>, ctx: Arc<Context>| {
@@ -232,19 +239,28 @@ pub async fn run_controller<K, P, RFut>(
                 let name = resource.name_any();
                 let span = tracing::info_span!("reconcile", kind = policy.kind, %namespace, %name);
                 let failures = SyncFailures::start(ctx.metrics.clone(), policy.kind);
+                let this = ObjectRef::from_obj(resource.as_ref());
                 let attempt = contain_panic(
                     format!("{namespace}/{name}"),
                     in_lane(ctx, lane(&resource), resource, reconcile),
                     policy.panicked,
                 );
+                let succeeded = succeeded.clone();
                 async move {
                     let result = attempt.await;
                     failures.finish(result.as_ref().err().map(policy.reason));
+                    if result.is_ok() {
+                        succeeded.remove(&this);
+                    }
                     result
                 }
                 .instrument(span)
             },
             move |resource: Arc<K>, error: &RFut::Error, ctx: Arc<Context>| {
+                if (policy.reason)(error) == crds::v1alpha1::reasons::VAULT_UNAVAILABLE {
+                    waiting.add(ObjectRef::from_obj(resource.as_ref()));
+                    ctx.outages.failed();
+                }
                 if (policy.waits_for_change)(error) {
                     Action::await_change()
                 } else {

@@ -12,6 +12,8 @@ use vault::{
 /// What the controllers ask of a Vault connection.
 #[async_trait::async_trait]
 pub trait VaultApi: Send + Sync {
+    /// Whether Vault answers and is unsealed (`sys/health`, unauthenticated).
+    async fn health(&self) -> Result<(), VaultError>;
     /// Logs in with Vault's Kubernetes auth method mounted at `mount`.
     async fn login_kubernetes(
         &self,
@@ -90,6 +92,10 @@ pub trait VaultApi: Send + Sync {
 
 #[async_trait::async_trait]
 impl VaultApi for VaultClient {
+    async fn health(&self) -> Result<(), VaultError> {
+        VaultClient::health(self).await
+    }
+
     async fn login_kubernetes(
         &self,
         mount: &str,

@@ -108,6 +108,36 @@ impl VaultClient {
         self.namespace.as_ref().and_then(|ns| ns.to_str().ok())
     }
 
+    /// Whether the server answers as an unsealed node, active or standby (`GET sys/health`,
+    /// unauthenticated; asked of the root namespace, where it lives).
+    pub async fn health(&self) -> Result<(), VaultError> {
+        let url = format!(
+            "{}/v1/sys/health?standbyok=true&perfstandbyok=true",
+            self.base
+        );
+        let started = Instant::now();
+        let response = self.http.get(&url).send().await.map_err(|err| {
+            self.observe("health", "error", started);
+            VaultError::Unreachable {
+                operation: "health",
+                message: error_chain(&err),
+            }
+        })?;
+        let status = response.status();
+        self.observe("health", status.as_str(), started);
+        match status.as_u16() {
+            200 => Ok(()),
+            503 => Err(VaultError::Sealed {
+                operation: "health",
+            }),
+            code => Err(VaultError::Unavailable {
+                operation: "health",
+                status: code,
+                message: "not an active or standby node".to_owned(),
+            }),
+        }
+    }
+
     /// Sends one request to `/v1/<path>` and decodes the JSON answer.
     pub(crate) async fn request<T: DeserializeOwned>(
         &self,

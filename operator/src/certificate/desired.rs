@@ -242,10 +242,13 @@ pub fn effective_renew_before(facts: &CertFacts, renew_before: Option<Duration>)
 }
 
 /// The renewal time: `not_after - renewBefore`, moved earlier by `jitter` (0..1) of a window of a
-/// tenth of `renewBefore`, at most five minutes.
+/// tenth of `renewBefore`, at most five minutes, and at most a tenth of the time from `not_before`
+/// to the renewal: with `renewBefore` close to the lifetime, a wider window would put the renewal
+/// before the certificate was issued, and every new certificate would be renewed at once.
 pub fn renew_at(facts: &CertFacts, renew_before: Option<Duration>, jitter: f64) -> Timestamp {
     let before = effective_renew_before(facts, renew_before);
-    let window = (before / 10).min(Duration::from_secs(300));
+    let kept = crate::clock::until(facts.not_before, facts.not_after).saturating_sub(before);
+    let window = (before / 10).min(kept / 10).min(Duration::from_secs(300));
     let early = crate::clock::scale(window, jitter.clamp(0.0, 1.0));
     crate::clock::before(facts.not_after, before.saturating_add(early))
 }
@@ -635,6 +638,16 @@ mod tests {
             renew_at(&f, Some(Duration::from_secs(4000)), 0.0),
             f.not_after - SignedDuration::from_secs(1000)
         );
+        // renewBefore close to the lifetime: the window is a tenth of the time until the
+        // renewal, which stays after the issue (it used to be before it: renewed at once, again
+        // and again).
+        let close = facts(7230);
+        let at = renew_at(&close, Some(Duration::from_secs(7185)), 0.999);
+        assert!(
+            at >= close.not_before + SignedDuration::from_millis(40_500),
+            "{at}"
+        );
+        assert!(at <= close.not_before + SignedDuration::from_secs(45));
         // The window is capped at five minutes.
         let long = facts(90 * 24 * 3600);
         let rb = Some(Duration::from_secs(30 * 24 * 3600));
