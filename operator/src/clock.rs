@@ -21,10 +21,14 @@ pub fn after(t: Timestamp, d: Duration) -> Timestamp {
 
 /// `t + d` rounded up to a whole second, for a deadline the operator stores (a status field or an
 /// annotation): the API server keeps times in whole seconds, so an instant with a fraction would
-/// read back up to a second early. Stored so, it reads back as no earlier than asked.
+/// read back up to a second early. Stored so, it reads back as no earlier than asked. A zero `d`
+/// gives `t` itself: that deadline is due at once, whatever fraction a read-back drops.
 pub fn after_stored(t: Timestamp, d: Duration) -> Timestamp {
     use k8s_openapi::jiff::{RoundMode, TimestampRound, Unit};
     let exact = after(t, d);
+    if d.is_zero() {
+        return exact;
+    }
     exact
         .round(
             TimestampRound::new()
@@ -112,6 +116,12 @@ mod tests {
         assert_eq!(after_stored(t, d), after_secs(t, 3));
         assert_eq!(after_stored(t, Duration::from_secs(2)), after_secs(t, 2));
         assert_eq!(after_stored(Timestamp::MAX, d), Timestamp::MAX);
+        let fraction = t + SignedDuration::from_millis(300);
+        assert_eq!(
+            after_stored(fraction, Duration::ZERO),
+            fraction,
+            "due at once"
+        );
     }
 
     #[test]
