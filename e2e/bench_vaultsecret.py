@@ -43,6 +43,14 @@ def vault_secret(ns: str, name: str, refresh: str, path: str = "") -> dict:
     }
 
 
+def kv_put(name: str, version: str = "") -> None:
+    """Writes the KV secret bench/<name> ({user, pass}); a `version` changes the password."""
+    req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/secret/data/bench/{name}", method="POST",
+                                 data=json.dumps({"data": {"user": name, "pass": f"pw-{name}{version}"}}).encode(),
+                                 headers={"X-Vault-Token": os.environ["VAULT_TOKEN"]})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
 def kv_identity(ns: str) -> None:
     """Namespace `ns`'s Vault role `bench-<ns>` for its ServiceAccount `bench`: reads of secret/bench/*."""
     subprocess.run(["bao", "policy", "write", f"bench-{ns}", "-"], check=True, capture_output=True, text=True,
@@ -120,17 +128,10 @@ def main() -> int:
         kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
         kube.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "bench"}})
         kv_identity(ns)
-    token = os.environ["VAULT_TOKEN"]
     names = [f"s{i:05d}" for i in range(args.n + args.probe)]
 
-    def put(name: str) -> None:
-        req = urllib.request.Request(f"{os.environ['VAULT_ADDR']}/v1/secret/data/bench/{name}", method="POST",
-                                     data=json.dumps({"data": {"user": name, "pass": f"pw-{name}"}}).encode(),
-                                     headers={"X-Vault-Token": token})
-        urllib.request.urlopen(req, timeout=10).read()
-
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, names + (["shared"] if args.same_path else [])))
+        list(pool.map(kv_put, names + (["shared"] if args.same_path else [])))
 
     def create(i: int) -> None:
         ns = namespaces[i % len(namespaces)]

@@ -221,3 +221,11 @@ def smoke_verdict(broken: list) -> int:
         print(f"smoke: {reason}")
     print("smoke: the run worked" if not broken else "smoke: FAILED")
     return 1 if broken else 0
+
+
+def verdict(failed: list, smoke: bool) -> int:
+    """The end of a chaos run: the short form's exit status, or (the full command) what held, and 0."""
+    if smoke:
+        return smoke_verdict(failed)
+    print("all guarantees held" if not failed else "guarantees that did not hold:\n  " + "\n  ".join(failed))
+    return 0

@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench_dynamic import ROLE, dynamic_credential, pg_roles, prepare
-from benchlib import (GROUP, ROOT, Kube, dc_ready, metrics, rss_kib, seconds_of, smoke_verdict, start_operator, stop_operator,
-                      total)
+from benchlib import (GROUP, ROOT, Kube, dc_ready, metrics, rss_kib, seconds_of, start_operator, stop_operator, total,
+                      verdict)
 
 LEASE_ID = "vaultkeeper.dev/lease-id"
 RESTARTED_FOR = "vaultkeeper.dev/restarted-for"
@@ -71,13 +71,9 @@ def follow(kube: Kube, path: str, on_object, stop: threading.Event, broken: list
     return t
 
 
-def audit_events(log: Path, since: int) -> dict:
-    """From OpenBao's unhashed audit log (after byte `since`): issued[lease] = time,
-    renewed[lease] = [(time, increment asked)], revoked[lease] = [time], and renewals OpenBao
-    answered with an error, failed[lease] = [(time, error)]; times as Unix seconds. (The log records
-    no TTLs: the role's TTL and max TTL give them.)"""
+def audit_entries(log: Path, since: int):
+    """OpenBao's audit log after byte `since`: (entry, its time as Unix seconds)."""
     from datetime import datetime
-    issued, renewed, revoked, failed = {}, {}, {}, {}
     with log.open() as f:
         f.seek(since)
         for line in f:
@@ -85,27 +81,40 @@ def audit_events(log: Path, since: int) -> dict:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("type") != "response":
-                continue
-            t = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
-            request, response = entry.get("request") or {}, entry.get("response") or {}
-            path = request.get("path", "")
-            if entry.get("error"):
-                if path.startswith("sys/leases/renew"):
-                    lease = (request.get("data") or {}).get("lease_id") or path.removeprefix("sys/leases/renew/")
-                    failed.setdefault(lease, []).append((t, entry["error"]))
-                continue
-            secret = response.get("secret") or {}
-            if path == f"database/creds/{ROLE}" and secret.get("lease_id"):
-                issued[secret["lease_id"]] = t
-            elif path.startswith("sys/leases/renew"):
-                data = request.get("data") or {}
-                lease = data.get("lease_id") or path.removeprefix("sys/leases/renew/")
-                renewed.setdefault(lease, []).append((t, float(data.get("increment") or 0)))
-            elif path.startswith("sys/leases/revoke") and not path.startswith("sys/leases/revoke-"):
-                lease = (request.get("data") or {}).get("lease_id") or path.removeprefix("sys/leases/revoke/")
-                revoked.setdefault(lease, []).append(t)
-    return {"issued": issued, "renewed": renewed, "revoked": revoked, "failed": failed}
+            yield entry, datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+
+
+def audit_events(log: Path, since: int) -> dict:
+    """From OpenBao's unhashed audit log (after byte `since`): issued[lease] = time,
+    renewed[lease] = [(time, increment asked)], revoked[lease] = [time], renewals OpenBao answered
+    with an error, failed[lease] = [(time, error)], and issued_in[lease] = the namespace of the
+    identity that asked; times as Unix seconds. (The log records
+    no TTLs: the role's TTL and max TTL give them.)"""
+    issued, renewed, revoked, failed, issued_in = {}, {}, {}, {}, {}
+    for entry, t in audit_entries(log, since):
+        if entry.get("type") != "response":
+            continue
+        request, response = entry.get("request") or {}, entry.get("response") or {}
+        path = request.get("path", "")
+        if entry.get("error"):
+            if path.startswith("sys/leases/renew"):
+                lease = (request.get("data") or {}).get("lease_id") or path.removeprefix("sys/leases/renew/")
+                failed.setdefault(lease, []).append((t, entry["error"]))
+            continue
+        secret = response.get("secret") or {}
+        if path == f"database/creds/{ROLE}" and secret.get("lease_id"):
+            issued[secret["lease_id"]] = t
+            # Whose it is: the namespace of the identity that asked (each namespace has its own).
+            meta = (entry.get("auth") or {}).get("metadata") or {}
+            issued_in[secret["lease_id"]] = meta.get("service_account_namespace", "")
+        elif path.startswith("sys/leases/renew"):
+            data = request.get("data") or {}
+            lease = data.get("lease_id") or path.removeprefix("sys/leases/renew/")
+            renewed.setdefault(lease, []).append((t, float(data.get("increment") or 0)))
+        elif path.startswith("sys/leases/revoke") and not path.startswith("sys/leases/revoke-"):
+            lease = (request.get("data") or {}).get("lease_id") or path.removeprefix("sys/leases/revoke/")
+            revoked.setdefault(lease, []).append(t)
+    return {"issued": issued, "renewed": renewed, "revoked": revoked, "failed": failed, "issued_in": issued_in}
 
 
 def lease_ends(issued_at: float, renewals: list, ttl: float, max_ttl: float) -> list:
@@ -377,10 +386,7 @@ def main() -> int:
         failed.append(f"{len(orphans)} credentials issued and never written, more than the {args.kills} kills")
     if excess:
         failed.append(f"{excess} rollouts no new credential called for")
-    if args.smoke:
-        return smoke_verdict(failed)
-    print("all guarantees held" if not failed else "guarantees that did not hold:\n  " + "\n  ".join(failed))
-    return 0
+    return verdict(failed, args.smoke)
 
 
 def live_lease_ids() -> set:

@@ -149,12 +149,12 @@ impl<R: Hash + Eq + Clone + Send + 'static> Waiting<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// A connection whose health answers as `up` says, counting the probes.
     struct Health {
         up: Arc<AtomicBool>,
-        probes: Arc<std::sync::atomic::AtomicUsize>,
+        probes: Arc<AtomicUsize>,
     }
 
     #[async_trait::async_trait]
@@ -172,11 +172,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn what_waits_is_retried_once_when_vault_answers_again_and_not_before() {
+    /// Outages with a running probe of one connection, whose health answers as the flag says,
+    /// and the count of its probes.
+    fn probed(up: bool) -> (Arc<Outages>, Arc<AtomicBool>, Arc<AtomicUsize>) {
         let outages = Arc::new(Outages::default());
-        let up = Arc::new(AtomicBool::new(false));
-        let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let up = Arc::new(AtomicBool::new(up));
+        let probes = Arc::new(AtomicUsize::new(0));
         let client = Health {
             up: up.clone(),
             probes: probes.clone(),
@@ -187,6 +188,12 @@ mod tests {
                 .probe(vec![("default".into(), client)], PROBE_EVERY)
                 .await
         });
+        (outages, up, probes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_waits_is_retried_once_when_vault_answers_again_and_not_before() {
+        let (outages, up, probes) = probed(false);
         let (waiting, mut retries) = Waiting::<&'static str>::new(&outages);
 
         // Idle until something fails.
@@ -229,18 +236,7 @@ mod tests {
     async fn a_failure_while_vault_answers_waits_for_its_backoff_alone() {
         // A resource failing with Vault reachable (a 5xx of one path, say) is not retried by the
         // probe, which saw nothing come back; its own backoff applies.
-        let outages = Arc::new(Outages::default());
-        let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let client = Health {
-            up: Arc::new(AtomicBool::new(true)),
-            probes: probes.clone(),
-        };
-        let prober = outages.clone();
-        tokio::spawn(async move {
-            prober
-                .probe(vec![("default".into(), client)], PROBE_EVERY)
-                .await
-        });
+        let (outages, _, probes) = probed(true);
         let (waiting, mut retries) = Waiting::<&'static str>::new(&outages);
         waiting.add("a");
         outages.failed();
