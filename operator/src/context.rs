@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::Recorder;
-use tokio::sync::Semaphore;
+use priority_semaphore::PrioritySemaphore;
 
 use crate::identity::Identities;
 use crate::lease_tokens::LeaseTokens;
@@ -30,11 +31,11 @@ pub struct Context {
     /// Key of the data HMACs.
     pub hmac_key: Vec<u8>,
     /// Periodic refreshes of VaultSecrets take a permit of this lane ([`Lane::Refresh`]).
-    pub refresh_lane: Semaphore,
+    pub refresh_lane: Arc<PrioritySemaphore>,
     /// Every other reconcile takes a permit of this one ([`Lane::Sync`]): first syncs and changes,
     /// DynamicCredentials and CertificateRequests. Thousands of resources due at once then make a
     /// bounded number of requests at a time, not one connection each.
-    pub sync_lane: Semaphore,
+    pub sync_lane: Arc<PrioritySemaphore>,
     /// Identical refresh reads (same source, same identity), made once.
     pub shared_reads: crate::vault_secret::shared::SharedReads,
     /// Per-identity tokens that issue leases (DynamicCredential), renewed and stored.
@@ -68,6 +69,29 @@ impl Lane {
     }
 }
 
+/// The instant by which a resource's work must be done (a lease's or certificate's end), for the
+/// order in which waiters of one lane get permits: the earliest first, so a process that lives only
+/// seconds (restarted again and again) serves the leases closest to their end rather than the same
+/// first resources of its list each time. `None` (new, changed, nothing at stake) counts as now.
+pub type Deadline = Option<Timestamp>;
+
+/// No deadline, for kinds and states where the order of waiting does not matter.
+pub fn no_deadline<K>(_: &K) -> Deadline {
+    None
+}
+
+/// The permit priority of `deadline` (higher goes first; equal ones in arrival order): minus its
+/// whole seconds since 2020, so earlier deadlines rank higher. Absolute rather than relative to now,
+/// so waiters that queued at different times compare by their deadlines alone.
+pub fn priority(deadline: Deadline, now: Timestamp) -> priority_semaphore::Priority {
+    const EPOCH_2020: i64 = 1_577_836_800;
+    let seconds = deadline
+        .unwrap_or(now)
+        .as_second()
+        .saturating_sub(EPOCH_2020);
+    i32::try_from(seconds.saturating_neg()).unwrap_or(if seconds > 0 { i32::MIN } else { i32::MAX })
+}
+
 impl Context {
     // The process's one wiring point: each argument is a distinct dependency, named at the call.
     #[allow(clippy::too_many_arguments)]
@@ -94,8 +118,8 @@ impl Context {
             dc_secrets: dc_secrets.into(),
             cert_secrets: cert_secrets.into(),
             hmac_key,
-            refresh_lane: Semaphore::new(refresh_concurrency.max(1)),
-            sync_lane: Semaphore::new(DEFAULT_SYNC_CONCURRENCY),
+            refresh_lane: Arc::new(PrioritySemaphore::new(refresh_concurrency.max(1))),
+            sync_lane: Arc::new(PrioritySemaphore::new(DEFAULT_SYNC_CONCURRENCY)),
             shared_reads: crate::vault_secret::shared::SharedReads::new(
                 crate::vault_secret::shared::WINDOW,
             ),
@@ -109,12 +133,12 @@ impl Context {
 
     /// `concurrency` reconciles of the sync lane at once instead of [`DEFAULT_SYNC_CONCURRENCY`].
     pub fn with_sync_concurrency(mut self, concurrency: usize) -> Self {
-        self.sync_lane = Semaphore::new(concurrency.max(1));
+        self.sync_lane = Arc::new(PrioritySemaphore::new(concurrency.max(1)));
         self
     }
 
     /// The permits of `lane`.
-    pub fn lane(&self, lane: Lane) -> &Semaphore {
+    pub fn lane(&self, lane: Lane) -> &Arc<PrioritySemaphore> {
         match lane {
             Lane::Refresh => &self.refresh_lane,
             Lane::Sync => &self.sync_lane,
@@ -147,5 +171,25 @@ impl Context {
     /// Forgets the failures of `uid` after a success.
     pub fn succeeded(&self, uid: &str) {
         self.failures.lock().expect("failures lock").remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::SignedDuration;
+
+    #[test]
+    fn an_earlier_deadline_ranks_higher_and_none_counts_as_now() {
+        let now: Timestamp = "2026-12-04T18:00:00Z".parse().unwrap();
+        let later = now + SignedDuration::from_secs(1);
+        assert!(priority(Some(now), now) > priority(Some(later), now));
+        assert_eq!(priority(None, now), priority(Some(now), now));
+        // Compared by the deadline alone, whenever each waiter asked.
+        assert_eq!(priority(Some(later), now), priority(Some(later), later));
+        // The ends of time saturate instead of wrapping around.
+        assert_eq!(priority(Some(Timestamp::MAX), now), i32::MIN);
+        assert_eq!(priority(Some(Timestamp::MIN), now), i32::MAX);
+        assert!(priority(Some(Timestamp::MAX), now) < priority(Some(later), now));
     }
 }

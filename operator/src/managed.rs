@@ -185,6 +185,13 @@ pub struct ErrorPolicy<K, E> {
     pub retry_within: fn(&K, &E) -> Option<std::time::Duration>,
 }
 
+/// Where a controller's reconciles wait for their permits: the lane of a resource, and its deadline
+/// there ([`crate::context::Deadline`]: the earliest deadline gets the next permit).
+pub struct Queueing<K> {
+    pub lane: fn(&K) -> crate::context::Lane,
+    pub deadline: fn(&K) -> crate::context::Deadline,
+}
+
 /// Runs the controller of kind `K`: its resources (cached in `writer`'s store) pass `predicate`
 /// (spec changes; for kinds with a finalizer also finalizer changes, which the finalizer helper
 /// waits for), the Secrets it manages (`secrets`, filled before this starts) and their deletions
@@ -204,7 +211,7 @@ pub async fn run_controller<K, P, RFut>(
     deleted: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     predicate: P,
-    lane: fn(&K) -> crate::context::Lane,
+    queueing: Queueing<K>,
     reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
     policy: ErrorPolicy<K, RFut::Error>,
 ) where
@@ -242,7 +249,13 @@ pub async fn run_controller<K, P, RFut>(
                 let this = ObjectRef::from_obj(resource.as_ref());
                 let attempt = contain_panic(
                     format!("{namespace}/{name}"),
-                    in_lane(ctx, lane(&resource), resource, reconcile),
+                    in_lane(
+                        ctx,
+                        (queueing.lane)(&resource),
+                        (queueing.deadline)(&resource),
+                        resource,
+                        reconcile,
+                    ),
                     policy.panicked,
                 );
                 let succeeded = succeeded.clone();
@@ -317,16 +330,22 @@ impl Drop for SyncFailures {
 }
 
 /// `attempt`, with a panic turned into the error `panicked` makes of its message.
-/// Runs `reconcile` of `resource` once it holds a permit of `lane`. The reconcile is made (and its
-/// state allocated) only then, so the thousands of resources that may wait for a permit cost little.
+/// Runs `reconcile` of `resource` once it holds a permit of `lane`, which waiters get earliest
+/// `deadline` first. The reconcile is made (and its state allocated) only then, so the thousands of
+/// resources that may wait for a permit cost little.
 pub async fn in_lane<K, RFut: TryFuture>(
     ctx: Arc<Context>,
     lane: crate::context::Lane,
+    deadline: crate::context::Deadline,
     resource: Arc<K>,
     reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
 ) -> Result<RFut::Ok, RFut::Error> {
-    let lanes = ctx.clone();
-    let _permit = lanes.lane(lane).acquire().await.expect("lanes never close");
+    let priority = crate::context::priority(deadline, k8s_openapi::jiff::Timestamp::now());
+    let _permit = ctx
+        .lane(lane)
+        .acquire(priority)
+        .await
+        .expect("lanes never close");
     Box::pin(TryFutureExt::into_future(reconcile(resource, ctx))).await
 }
 

@@ -1418,7 +1418,8 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
     let resource = std::sync::Arc::new("resource".to_owned());
 
     // 200 first syncs due at once: never more than the sync lane's permits in flight, all done.
-    let all = (0..200).map(|_| in_lane(op.ctx.clone(), Lane::Sync, resource.clone(), counted));
+    let all =
+        (0..200).map(|_| in_lane(op.ctx.clone(), Lane::Sync, None, resource.clone(), counted));
     let done = futures::future::join_all(all).await;
     assert_eq!(done.iter().filter(|r| r.is_ok()).count(), 200);
     assert_eq!(
@@ -1434,6 +1435,7 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
             tokio::spawn(in_lane(
                 op.ctx.clone(),
                 Lane::Refresh,
+                None,
                 resource.clone(),
                 held,
             ))
@@ -1447,7 +1449,7 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
     );
     tokio::time::timeout(
         Duration::from_secs(5),
-        in_lane(op.ctx.clone(), Lane::Sync, resource.clone(), counted),
+        in_lane(op.ctx.clone(), Lane::Sync, None, resource.clone(), counted),
     )
     .await
     .expect("a first sync waits for no refresh")
@@ -1462,5 +1464,96 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
             .expect("every refresh ran in its turn")
             .unwrap()
             .unwrap();
+    }
+}
+
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static SERVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn gated(
+    _: std::sync::Arc<String>,
+    _: std::sync::Arc<vaultkeeper_operator::context::Context>,
+) -> Result<kube::runtime::controller::Action, std::convert::Infallible> {
+    GATE.acquire().await.unwrap().forget();
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
+async fn served(
+    name: std::sync::Arc<String>,
+    _: std::sync::Arc<vaultkeeper_operator::context::Context>,
+) -> Result<kube::runtime::controller::Action, std::convert::Infallible> {
+    SERVED.lock().unwrap().push(name.to_string());
+    Ok(kube::runtime::controller::Action::await_change())
+}
+
+#[tokio::test]
+async fn waiters_of_a_lane_are_served_earliest_deadline_first() {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use vaultkeeper_operator::context::Lane;
+    use vaultkeeper_operator::managed::in_lane;
+    let world = World::new();
+    let op = Operator::start(&world);
+    // Every permit of the refresh lane (4 in this operator) held.
+    let holders: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(in_lane(
+                op.ctx.clone(),
+                Lane::Refresh,
+                None,
+                std::sync::Arc::new(format!("holder {i}")),
+                gated,
+            ))
+        })
+        .collect();
+    while op.ctx.refresh_lane.available_permits() > 0 {
+        tokio::task::yield_now().await;
+    }
+    // Five wait, queued in an order unrelated to their deadlines.
+    let now = Timestamp::now();
+    let at = |seconds: i64| Some(now + SignedDuration::from_secs(seconds));
+    let waiting = [
+        ("ends in 300 s", at(300)),
+        ("ends in 100 s", at(100)),
+        ("new (now)", None),
+        ("ended 50 s ago", at(-50)),
+        ("ends in 200 s", at(200)),
+    ];
+    let waiters: Vec<_> = waiting
+        .iter()
+        .map(|(name, deadline)| {
+            tokio::spawn(in_lane(
+                op.ctx.clone(),
+                Lane::Refresh,
+                *deadline,
+                std::sync::Arc::new((*name).to_owned()),
+                served,
+            ))
+        })
+        .collect();
+    while op.ctx.refresh_lane.queued() < waiting.len() {
+        tokio::task::yield_now().await;
+    }
+    // One permit comes free: the waiters pass it on one by one, in the order of their deadlines.
+    GATE.add_permits(1);
+    for waiter in waiters {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("every waiter is served")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        *SERVED.lock().unwrap(),
+        [
+            "ended 50 s ago",
+            "new (now)",
+            "ends in 100 s",
+            "ends in 200 s",
+            "ends in 300 s"
+        ]
+    );
+    GATE.add_permits(3);
+    for holder in holders {
+        holder.await.unwrap().unwrap();
     }
 }

@@ -132,7 +132,10 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation.combine(predicates::finalizers),
-        Lane::sync,
+        crate::managed::Queueing {
+            lane: Lane::sync,
+            deadline,
+        },
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,
@@ -153,6 +156,17 @@ pub fn retry_within(cr: &CertificateRequest, _: &Error) -> Option<Duration> {
 }
 
 /// Errors that only a change of the resource can heal.
+/// When the certificate expires (its status says), for the order of waiting for a permit: a process that
+/// starts with many due at once serves the closest to their end first. A changed spec or no status
+/// yet: now.
+fn deadline(cr: &CertificateRequest) -> crate::context::Deadline {
+    let status = cr.status.as_ref()?;
+    if status.observed_generation != cr.metadata.generation {
+        return None;
+    }
+    status.not_after.as_ref().map(|t| t.0)
+}
+
 fn waits_for_change(error: &Error) -> bool {
     matches!(
         error,
@@ -829,6 +843,27 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_waits_for_its_permit_by_its_end_and_a_changed_spec_as_due_now() {
+        let mut cr: CertificateRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vaultkeeper.dev/v1alpha1", "kind": "CertificateRequest",
+            "metadata": {"name": "web", "namespace": "apps", "generation": 2},
+            "spec": {"auth": {"role": "app", "serviceAccountName": "web"}, "mount": "pki",
+                     "role": "web", "commonName": "web.example.com", "destination": {"name": "web-tls"}},
+        }))
+        .unwrap();
+        assert_eq!(deadline(&cr), None, "no status yet");
+        let not_after: Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        cr.status = Some(CertificateRequestStatus {
+            observed_generation: Some(2),
+            not_after: Some(Time(not_after)),
+            ..Default::default()
+        });
+        assert_eq!(deadline(&cr), Some(not_after));
+        cr.metadata.generation = Some(3);
+        assert_eq!(deadline(&cr), None, "a changed spec is due now");
+    }
 
     #[test]
     fn time_left_reads_well() {

@@ -162,7 +162,10 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation.combine(predicates::finalizers),
-        Lane::sync,
+        crate::managed::Queueing {
+            lane: Lane::sync,
+            deadline,
+        },
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,
@@ -192,6 +195,17 @@ pub fn retry_within(dc: &DynamicCredential, error: &Error) -> Option<Duration> {
 }
 
 /// Errors that only a change of the resource can heal.
+/// When the lease ends unless renewed (its status says), for the order of waiting for a permit: a process that
+/// starts with many due at once serves the closest to their end first. A changed spec or no status
+/// yet: now.
+fn deadline(dc: &DynamicCredential) -> crate::context::Deadline {
+    let status = dc.status.as_ref()?;
+    if status.observed_generation != dc.metadata.generation {
+        return None;
+    }
+    status.expiry_time.as_ref().map(|t| t.0)
+}
+
 fn waits_for_change(error: &Error) -> bool {
     // An unwritten credential that could not be revoked is retried, so that it is revoked.
     matches!(
@@ -935,4 +949,30 @@ async fn publish(
     note: String,
 ) {
     report::publish(ctx, dc, type_, reason, "Lease", note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_waits_for_its_permit_by_its_lease_end_and_a_changed_spec_as_due_now() {
+        let mut dc: DynamicCredential = serde_json::from_value(serde_json::json!({
+            "apiVersion": "vaultkeeper.dev/v1alpha1", "kind": "DynamicCredential",
+            "metadata": {"name": "db", "namespace": "apps", "generation": 1},
+            "spec": {"auth": {"role": "app", "serviceAccountName": "web"},
+                     "source": {"mount": "database", "role": "app"}, "destination": {"name": "db-creds"}},
+        }))
+        .unwrap();
+        assert_eq!(deadline(&dc), None, "no status yet");
+        let expiry: Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        dc.status = Some(DynamicCredentialStatus {
+            observed_generation: Some(1),
+            expiry_time: Some(Time(expiry)),
+            ..Default::default()
+        });
+        assert_eq!(deadline(&dc), Some(expiry));
+        dc.metadata.generation = Some(2);
+        assert_eq!(deadline(&dc), None, "a changed spec is due now");
+    }
 }

@@ -128,7 +128,10 @@ pub async fn run(
         deleted,
         shutdown,
         predicates::generation,
-        lane,
+        crate::managed::Queueing {
+            lane,
+            deadline: crate::context::no_deadline,
+        },
         reconcile,
         crate::managed::ErrorPolicy {
             kind: KIND,
