@@ -30,8 +30,9 @@ class Kube:
         self.ctx.load_cert_chain(self.cert, self.key)
         self.local = threading.local()
 
-    def request(self, method: str, path: str, body=None):
-        """One request on this thread's keep-alive connection (opened again once if it broke)."""
+    def request(self, method: str, path: str, body=None, content_type: str = "application/json"):
+        """One request on this thread's keep-alive connection (opened again once if it broke); a
+        PATCH names its patch type in `content_type`."""
         data = json.dumps(body).encode() if body is not None else None
         for attempt in (1, 2):
             conn = getattr(self.local, "conn", None)
@@ -39,7 +40,7 @@ class Kube:
                 host, port = self.server.removeprefix("https://").split(":")
                 conn = self.local.conn = http.client.HTTPSConnection(host, int(port), context=self.ctx, timeout=30)
             try:
-                conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                conn.request(method, path, body=data, headers={"Content-Type": content_type})
                 resp = conn.getresponse()
                 payload = resp.read()
             except (OSError, http.client.HTTPException):

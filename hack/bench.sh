@@ -6,6 +6,7 @@
 #        BENCH=chaos_kill hack/bench.sh [--n 1000] [--kills 100]          (e2e/chaos_kill.py: kill -9 of the operator)
 #        BENCH=chaos_restart hack/bench.sh [--n 300] [--restarts 8]      (e2e/chaos_restart.py: API server and etcd)
 #        BENCH=chaos_outage hack/bench.sh [--n 1000] [--outage 3600]     (e2e/chaos_outage.py: OpenBao away)
+#        BENCH=soak_churn hack/bench.sh [--n 10000] [--duration 3600]  (e2e/soak_churn.py: waves of churn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
