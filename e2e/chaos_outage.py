@@ -143,12 +143,16 @@ def main() -> int:
         time.sleep(args.outage)
         m1 = metrics(port)
         audit_start = audit.stat().st_size
+        # OpenBao may answer from the moment it is started, before bao-start (which waits for it to
+        # be unsealed) returns: the operator's probe can see it back and its Secrets change first.
+        starting_at = time.time()
         subprocess.run([*STACK, "bao-start", "--state-dir", state], check=True, capture_output=True)
         back_at = time.time()
-        # Judged from a few seconds after the stop: an answer OpenBao gave just before it stopped
-        # may reach its Secret (and this watch) a moment later, and that is no change made blind.
+        # Judged from a few seconds after the stop (an answer OpenBao gave just before it stopped
+        # may reach its Secret, and this watch, a moment later) until it was started again: neither
+        # is a change made blind.
         during = [(k, v) for k, line in secrets.changes.items() for t, v in line
-                  if down_at + SETTLE <= t < back_at]
+                  if down_at + SETTLE <= t < starting_at]
         # Ready again: every resource, the DynamicCredentials with new leases (the old ones ended).
         b0 = time.monotonic()
         try:
