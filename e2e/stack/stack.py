@@ -30,10 +30,16 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def running(pid: int) -> bool:
-    """Whether `pid` is alive; a zombie (exited, not yet reaped by its new parent) is not."""
+    """Whether `pid` is alive; a zombie (exited, not yet reaped by its new parent) is not, once its
+    other threads have exited too. After a SIGKILL the leader of a multi-threaded process (every Go
+    binary) turns zombie first, while its other threads still hold the process's files: its listening
+    sockets stay bound until the last of them is gone, and a process started again on the same port
+    at that moment fails with "address already in use"."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (FileNotFoundError, IndexError):
         return False
 
