@@ -99,10 +99,10 @@ def pct(values: list, p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
-def start_operator(binary: str, log_name: str, *extra: str, append: bool = False) -> tuple:
+def start_operator(binary: str, log_name: str, *extra: str, append: bool = False, vault_addr: str = "") -> tuple:
     """Starts the operator with its metrics on a free loopback port, logging (warn, or $VK_BENCH_LOG) to the stack's
-    logs/<log_name> (after what it holds, with `append`); returns (process, port) once it answers
-    /readyz."""
+    logs/<log_name> (after what it holds, with `append`), talking to `vault_addr` (the stack's
+    OpenBao unless given); returns (process, port) once it answers /readyz."""
     # A benchmark stopped with SIGTERM unwinds (its `finally` stops the operator) instead of
     # leaving the operator behind to load the next run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -111,7 +111,7 @@ def start_operator(binary: str, log_name: str, *extra: str, append: bool = False
     port = sock.getsockname()[1]
     sock.close()
     log = open(Path(os.environ["VK_STACK_DIR"]) / "logs" / log_name, "a" if append else "w")
-    op = subprocess.Popen([binary, "--vault-addr", os.environ["VAULT_ADDR"], "--metrics-addr", f"127.0.0.1:{port}",
+    op = subprocess.Popen([binary, "--vault-addr", vault_addr or os.environ["VAULT_ADDR"], "--metrics-addr", f"127.0.0.1:{port}",
                            "--log", os.environ.get("VK_BENCH_LOG", "warn"), *extra], stdout=log, stderr=log)
     deadline = time.monotonic() + 120
     while True:

@@ -46,6 +46,11 @@ out=$(render 2>&1 || true)
 contains -F "vault.address is required" <<<"$out" && ok "without a Vault address the chart says which value to set" || bad "no Vault address: $out"
 out=$(render --set vault.address=vault:8200 2>&1 || true)
 contains -F "/vault/address" <<<"$out" && ok "an address without a scheme is refused by values.schema.json" || bad "schema: $out"
+# A raft cluster's nodes (helm's --set needs the commas escaped; a values file does not).
+render --set 'vault.address=http://10.0.0.1:8200\,http://10.0.0.2:8200' | contains -F -- '--vault-addr=http://10.0.0.1:8200,http://10.0.0.2:8200' \
+  && ok "the addresses of a cluster's nodes, separated by commas, reach the flags" || bad "a list of addresses was refused or changed"
+out=$(render --set 'vault.address=http://10.0.0.1:8200\,vault:8200' 2>&1 || true)
+contains -F "/vault/address" <<<"$out" && ok "a node's address without a scheme is refused by values.schema.json" || bad "schema, list: $out"
 for f in charts/vaultkeeper/templates/crds/*.yaml; do
   size=$(stat -c %s "$f")
   [ "$size" -lt 262144 ] && ok "$(basename "$f"): $size bytes, under the 256 KiB annotation limit" || bad "$f is $size bytes"

@@ -6,12 +6,15 @@
 #        BENCH=chaos_kill hack/bench.sh [--n 1000] [--kills 100]          (e2e/chaos_kill.py: kill -9 of the operator)
 #        BENCH=chaos_restart hack/bench.sh [--n 300] [--restarts 8]      (e2e/chaos_restart.py: API server and etcd)
 #        BENCH=chaos_outage hack/bench.sh [--n 1000] [--outage 3600]     (e2e/chaos_outage.py: OpenBao away)
+#        BENCH=chaos_raft hack/bench.sh [--n 300] [--kills 6]          (e2e/chaos_raft.py: a raft cluster's active node killed)
 #        BENCH=soak_churn hack/bench.sh [--n 10000] [--duration 3600]  (e2e/soak_churn.py: waves of churn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 bash e2e/stack/install.sh
 cargo build -q --release -p vaultkeeper-operator
+# chaos_raft also runs an agent against the cluster.
+case "${BENCH:-}" in chaos_raft) cargo build -q --release -p vaultkeeper-agent ;; esac
 # The load generator, for --unrelated (Go standard library only).
 mkdir -p "$CARGO_TARGET_DIR"
 GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=${VK_CACHE:-$HOME/.cache/vaultkeeper}/go/build GOFLAGS= \

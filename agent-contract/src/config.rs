@@ -371,16 +371,21 @@ impl AgentSecret {
     }
 }
 
-/// The Vault address rule on its own, for the webhook's flag: `http://` or `https://` and a host.
+/// The Vault address rule on its own, for the webhook's flag: `http://` or `https://` and a host;
+/// or several such addresses (the nodes of one cluster) separated by commas.
 pub fn check_vault_addr(addr: &str) -> Result<(), Violation> {
-    let rest = addr
-        .strip_prefix("https://")
-        .or_else(|| addr.strip_prefix("http://"));
-    match rest {
-        Some(rest) if !rest.trim_matches('/').is_empty() => Ok(()),
-        _ => Err(Violation::VaultAddr {
+    let good = |one: &str| {
+        let one = one.trim();
+        one.strip_prefix("https://")
+            .or_else(|| one.strip_prefix("http://"))
+            .is_some_and(|rest| !rest.trim_matches('/').is_empty())
+    };
+    if addr.split(',').all(good) {
+        Ok(())
+    } else {
+        Err(Violation::VaultAddr {
             addr: addr.to_owned(),
-        }),
+        })
     }
 }
 
@@ -515,6 +520,16 @@ mod tests {
         assert_eq!(config.validate(), Err(ConfigError::Version(3)));
     }
 
+    #[test]
+    fn the_nodes_of_one_cluster_may_be_given_separated_by_commas() {
+        assert_eq!(check_vault_addr("https://vault.vault.svc:8200"), Ok(()));
+        assert_eq!(
+            check_vault_addr("http://10.0.0.1:8200, http://10.0.0.2:8200/"),
+            Ok(())
+        );
+        assert!(check_vault_addr("http://10.0.0.1:8200,").is_err());
+    }
+
     /// One broken value per rule, with the message the agent prints and the webhook denies with.
     fn violations() -> Vec<(Rule, &'static str, serde_json::Value, &'static str)> {
         use serde_json::Value;
@@ -535,6 +550,12 @@ mod tests {
                 Rule::VaultAddr,
                 "/vaultAddr",
                 "https://".into(),
+                "is not an http:// or https:// address",
+            ),
+            (
+                Rule::VaultAddr,
+                "/vaultAddr",
+                "https://vault-0:8200,vault-1:8200".into(),
                 "is not an http:// or https:// address",
             ),
             (

@@ -12,7 +12,9 @@ use serde::Deserialize;
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
-    /// Address of the default Vault connection, for example https://vault.vault:8200.
+    /// Address of the default Vault connection, for example https://vault.vault:8200; or the
+    /// addresses of a raft cluster's nodes separated by commas (requests go to the node that last
+    /// served and move on when one is down, sealed or in standby without an active node).
     #[arg(long, env = "VAULTKEEPER_VAULT_ADDR")]
     pub vault_addr: String,
 

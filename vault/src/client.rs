@@ -1,7 +1,9 @@
-//! HTTP transport to one Vault server: one connection pool for every identity, error mapping, and a
-//! hook that sees every request's operation, outcome and duration (for metrics).
+//! HTTP transport to one Vault server or the nodes of one cluster: one connection pool for every
+//! identity, failover between the nodes, error mapping, and a hook that sees every request's
+//! operation, outcome and duration (for metrics).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderValue;
@@ -15,7 +17,9 @@ use crate::{VaultError, VaultToken};
 /// configuration, never from a custom resource.
 #[derive(Clone, Debug)]
 pub struct VaultConfig {
-    /// Base address, for example `https://vault.example:8200`.
+    /// Base address, for example `https://vault.example:8200`; or the addresses of several nodes
+    /// of one cluster separated by commas (`https://vault-0:8200,https://vault-1:8200`), tried in
+    /// turn when one cannot serve (see [`VaultClient`]).
     pub address: String,
     /// PEM bundle of CAs to trust in addition to the system roots.
     pub ca_pem: Option<Vec<u8>>,
@@ -35,10 +39,20 @@ pub const NAMESPACE_HEADER: &str = "X-Vault-Namespace";
 /// A client of one Vault server, in one namespace (the root one unless
 /// [`with_namespace`](Self::with_namespace) says otherwise). Cheap to clone; clones share the
 /// connection pool, so one client per namespace costs no extra connections.
+///
+/// Given several addresses (the nodes of one raft cluster), requests go to the node that last
+/// served. A request moves on to the next node only when the one it was sent to certainly did not
+/// act on it: no connection could be made, or the node answered that it is sealed, in standby
+/// without a reachable active node, or otherwise not serving (503, or 500 naming the active node).
+/// A request that may have reached a node (a timeout after sending, a reset connection) is never
+/// sent twice: issuing a credential is not idempotent.
 #[derive(Clone)]
 pub struct VaultClient {
     http: reqwest::Client,
-    base: Arc<str>,
+    /// The nodes, in the configured order; never empty.
+    bases: Arc<[Arc<str>]>,
+    /// The index into `bases` of the node that last served, shared by clones.
+    current: Arc<AtomicUsize>,
     /// Sent as [`NAMESPACE_HEADER`] on every request, login included; `None` = root.
     namespace: Option<HeaderValue>,
     observer: Option<Arc<dyn RequestObserver>>,
@@ -47,7 +61,7 @@ pub struct VaultClient {
 impl std::fmt::Debug for VaultClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultClient")
-            .field("address", &self.base)
+            .field("address", &self.address())
             .field("namespace", &self.namespace())
             .finish_non_exhaustive()
     }
@@ -73,9 +87,14 @@ impl VaultClient {
         let http = builder
             .build()
             .map_err(|e| format!("failed to build the Vault HTTP client: {e}"))?;
+        let bases: Vec<Arc<str>> = addresses(&config.address)?
+            .into_iter()
+            .map(Arc::from)
+            .collect();
         Ok(Self {
             http,
-            base: config.address.trim_end_matches('/').into(),
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             namespace: None,
             observer,
         })
@@ -98,9 +117,28 @@ impl VaultClient {
         Ok(self)
     }
 
-    /// The server's base address.
+    /// The base address of the node requests go to now (the one that last served).
     pub fn address(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every node's base address, in the configured order.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.bases.iter().map(|base| &**base)
+    }
+
+    /// The nodes in the order to try them: the one that last served first, then the others.
+    fn rotation(&self) -> impl Iterator<Item = (usize, &str)> {
+        let start = self.current.load(Ordering::Relaxed);
+        (0..self.bases.len()).map(move |i| {
+            let index = (start + i) % self.bases.len();
+            (index, &*self.bases[index])
+        })
+    }
+
+    /// Remembers the node that served (or gave an answer worth keeping), for the next requests.
+    fn served_by(&self, index: usize) {
+        self.current.store(index, Ordering::Relaxed);
     }
 
     /// The namespace every request is sent to; `None` for the root namespace.
@@ -108,13 +146,33 @@ impl VaultClient {
         self.namespace.as_ref().and_then(|ns| ns.to_str().ok())
     }
 
-    /// Whether the server answers as an unsealed node, active or standby (`GET sys/health`,
-    /// unauthenticated; asked of the root namespace, where it lives).
+    /// Whether Vault can serve (`GET sys/health`, unauthenticated; asked of the root namespace,
+    /// where it lives). With one address, whatever answers there as unsealed, active or standby,
+    /// serves: a standby passes requests on to the active node, and the address may be a Service
+    /// in front of several nodes. With several, they are the nodes of one cluster, which serves
+    /// only while one of them is active: during an election the standbys still answer, but cannot
+    /// write. The active node found becomes the one requests go to.
     pub async fn health(&self) -> Result<(), VaultError> {
-        let url = format!(
-            "{}/v1/sys/health?standbyok=true&perfstandbyok=true",
-            self.base
-        );
+        let standby_serves = self.bases.len() == 1;
+        let mut last = None;
+        for (index, base) in self.rotation() {
+            match self.health_of(base, standby_serves).await {
+                Ok(()) => {
+                    self.served_by(index);
+                    return Ok(());
+                }
+                Err(err) => keep_telling(&mut last, err),
+            }
+        }
+        Err(last.expect("a client has at least one address"))
+    }
+
+    async fn health_of(&self, base: &str, standby_serves: bool) -> Result<(), VaultError> {
+        let url = if standby_serves {
+            format!("{base}/v1/sys/health?standbyok=true&perfstandbyok=true")
+        } else {
+            format!("{base}/v1/sys/health")
+        };
         let started = Instant::now();
         let response = self.http.get(&url).send().await.map_err(|err| {
             self.observe("health", "error", started);
@@ -130,6 +188,11 @@ impl VaultClient {
             503 => Err(VaultError::Sealed {
                 operation: "health",
             }),
+            429 => Err(VaultError::Unavailable {
+                operation: "health",
+                status: 429,
+                message: "a standby node".to_owned(),
+            }),
             code => Err(VaultError::Unavailable {
                 operation: "health",
                 status: code,
@@ -138,7 +201,8 @@ impl VaultClient {
         }
     }
 
-    /// Sends one request to `/v1/<path>` and decodes the JSON answer.
+    /// Sends one request to `/v1/<path>` and decodes the JSON answer, moving on to the next node
+    /// while the one asked certainly did not act on it (see [`VaultClient`]).
     pub(crate) async fn request<T: DeserializeOwned>(
         &self,
         operation: &'static str,
@@ -147,7 +211,36 @@ impl VaultClient {
         token: Option<&VaultToken>,
         body: Option<&Value>,
     ) -> Result<T, VaultError> {
-        let url = format!("{}/v1/{}", self.base, path);
+        let mut last = None;
+        for (index, base) in self.rotation() {
+            match self
+                .request_to(base, operation, method.clone(), path, token, body)
+                .await
+            {
+                Err(Attempt::NotActedOn(err)) => keep_telling(&mut last, err),
+                Err(Attempt::Failed(err)) => {
+                    self.served_by(index);
+                    return Err(err);
+                }
+                Ok(value) => {
+                    self.served_by(index);
+                    return Ok(value);
+                }
+            }
+        }
+        Err(last.expect("a client has at least one address"))
+    }
+
+    async fn request_to<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        token: Option<&VaultToken>,
+        body: Option<&Value>,
+    ) -> Result<T, Attempt> {
+        let url = format!("{base}/v1/{path}");
         let mut request = self.http.request(method, &url);
         if let Some(namespace) = &self.namespace {
             request = request.header(NAMESPACE_HEADER, namespace.clone());
@@ -163,28 +256,43 @@ impl VaultClient {
             Ok(response) => response,
             Err(err) => {
                 self.observe(operation, "error", started);
-                return Err(VaultError::Unreachable {
+                let err_connect = err.is_connect();
+                let err = VaultError::Unreachable {
                     operation,
                     message: error_chain(&err),
+                };
+                return Err(if err_connect {
+                    Attempt::NotActedOn(err)
+                } else {
+                    Attempt::Failed(err)
                 });
             }
         };
         let status = response.status();
         let bytes = response.bytes().await;
         self.observe(operation, status.as_str(), started);
-        let bytes = bytes.map_err(|err| VaultError::Unreachable {
-            operation,
-            message: error_chain(&err),
+        let bytes = bytes.map_err(|err| {
+            Attempt::Failed(VaultError::Unreachable {
+                operation,
+                message: error_chain(&err),
+            })
         })?;
         if status.is_success() {
             // 204 No Content (revocations, writes) decodes as `null`.
             let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return serde_json::from_slice(bytes).map_err(|err| VaultError::Decode {
-                operation,
-                message: decode_message(&err),
+            return serde_json::from_slice(bytes).map_err(|err| {
+                Attempt::Failed(VaultError::Decode {
+                    operation,
+                    message: decode_message(&err),
+                })
             });
         }
-        Err(classify(operation, path, status, &bytes))
+        let err = classify(operation, path, status, &bytes);
+        Err(if not_serving(status, &err) {
+            Attempt::NotActedOn(err)
+        } else {
+            Attempt::Failed(err)
+        })
     }
 
     fn observe(&self, operation: &'static str, outcome: &str, started: Instant) {
@@ -192,6 +300,62 @@ impl VaultClient {
             observer.observe(operation, outcome, started.elapsed());
         }
     }
+}
+
+/// Keeps, of the errors of the nodes asked in turn, the one that best says why none served: a
+/// node's answer (sealed, standby without an active node) over a refused connection, which only
+/// says that node is gone.
+fn keep_telling(kept: &mut Option<VaultError>, err: VaultError) {
+    let answered = |e: &VaultError| !matches!(e, VaultError::Unreachable { .. });
+    if kept.as_ref().is_none_or(|k| answered(&err) || !answered(k)) {
+        *kept = Some(err);
+    }
+}
+
+/// How one node's attempt at a request ended, when it did not succeed.
+enum Attempt {
+    /// The node certainly did not act on the request: another node may be asked.
+    NotActedOn(VaultError),
+    /// The node may have acted on it, or refused it for a reason another node would share.
+    Failed(VaultError),
+}
+
+/// Whether an error answer says the node does not serve requests at all (sealed, in standby
+/// without an active node to forward to, or otherwise unavailable) rather than that it refused
+/// or failed this request. A 503 is never an answer to the request itself; a 500 is, unless it
+/// names the missing active node.
+fn not_serving(status: StatusCode, err: &VaultError) -> bool {
+    match err {
+        VaultError::Sealed { .. } => true,
+        VaultError::Unavailable { message, .. } => {
+            status == StatusCode::SERVICE_UNAVAILABLE
+                || (status == StatusCode::INTERNAL_SERVER_ERROR
+                    && message.contains("active cluster node not found"))
+        }
+        _ => false,
+    }
+}
+
+/// The base addresses in `text`: one, or several separated by commas, each `http://` or
+/// `https://` and a host, without the trailing slash.
+pub fn addresses(text: &str) -> Result<Vec<String>, String> {
+    let mut all = Vec::new();
+    for part in text.split(',') {
+        let base = part.trim().trim_end_matches('/');
+        let host = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"));
+        match host {
+            Some(host) if !host.is_empty() => all.push(base.to_owned()),
+            _ => {
+                return Err(format!(
+                    "Vault address {:?} is not http:// or https:// followed by a host",
+                    part.trim()
+                ));
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// What went wrong decoding an answer, without serde's own text: for a value of the wrong type it

@@ -19,7 +19,7 @@ mod raw;
 mod token_cache;
 
 pub use auth::AuthToken;
-pub use client::{NAMESPACE_HEADER, RequestObserver, VaultClient, VaultConfig};
+pub use client::{NAMESPACE_HEADER, RequestObserver, VaultClient, VaultConfig, addresses};
 pub use error::VaultError;
 pub use kv::{KvMetadata, KvVersion, KvVersionState, SecretData};
 pub use lease::{Lease, LeasedSecret, Renewal, TokenInfo};
