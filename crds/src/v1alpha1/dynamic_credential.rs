@@ -162,7 +162,8 @@ pub enum LeaseMethod {
 pub struct RetiringLease {
     /// Vault lease ID of the previous credential.
     pub lease_id: String,
-    /// When it expires on its own, if not revoked earlier.
+    /// The latest it can expire on its own (its max TTL), if known; it is revoked unless that
+    /// time has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_time: Option<Time>,
     /// Revoke at or after this time; unset while restarted workloads are still rolling out.

@@ -152,7 +152,11 @@ fn issue(
     {
         retiring.push(RetiringLease {
             lease_id: old.id.clone(),
-            expiry_time: Some(Time(old.expires)),
+            // The latest it can end, not its last recorded expiry: a process that renewed it and
+            // died before recording the renewal left that expiry behind the lease's real one, and
+            // a retiring lease past its recorded expiry is dropped unrevoked. Its max TTL holds
+            // whatever was renewed; without one, it is revoked after the grace period.
+            expiry_time: old.hard_end.map(Time),
             revoke_after: (!gathered.has_restart_targets)
                 .then(|| Time(crate::clock::after_stored(now, gathered.grace))),
         });
@@ -414,6 +418,24 @@ mod tests {
             issue_of(decide(&gathered(None), &[], None, at(0)));
         assert_eq!(reason, IssueReason::First);
         assert!(retiring.is_empty() && !restart && revoke_first.is_none());
+    }
+
+    #[test]
+    fn a_retiring_lease_ends_at_its_max_ttl_not_at_its_last_recorded_expiry() {
+        // Recorded as expiring at 60 s; a killed process may have renewed it past that unrecorded.
+        let mut g = gathered(Some(lease("l1", 60)));
+        g.spec_changed = true;
+        let (_, retiring, ..) = issue_of(decide(&g, &[], None, at(30)));
+        assert_eq!(
+            retiring[0].expiry_time, None,
+            "no max TTL: revoked, never dropped"
+        );
+        g.lease = Some(LeaseRecord {
+            hard_end: Some(at(3600)),
+            ..lease("l1", 60)
+        });
+        let (_, retiring, ..) = issue_of(decide(&g, &[], None, at(30)));
+        assert_eq!(retiring[0].expiry_time, Some(Time(at(3600))));
     }
 
     #[test]
