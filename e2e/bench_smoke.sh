@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmarks' short form (inside `stack.py run`, from e2e/run.sh): `make bench`,
-# `make bench-dynamic`, `make chaos-kill`, `make chaos-restart`, `make chaos-outage`, `make chaos-raft`, `make soak-churn`,
-# `make bench-certificate` and `make bench-injection` at small sizes with the debug builds, so the
+# `make bench-dynamic`, `make chaos-kill`, `make chaos-restart`, `make chaos-outage`,
+# `make chaos-raft`, `make scale-out`, `make soak-churn`, `make bench-certificate` and
+# `make bench-injection` at small sizes with the debug builds, so the
 # commands keep working. Each exits 1 if a phase did not work (errors, no calls, a probe never
 # served, no renewal, leases left, agents differing, a chaos guarantee broken); the figures are
 # printed and not judged here (docs/performance.md has the measured ones).
@@ -26,6 +27,8 @@ python3 e2e/chaos_outage.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 # Joins two more OpenBao nodes to this stack's and kills the active one; leaves the stack's node
 # alone in its cluster again.
 python3 e2e/chaos_raft.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator" --agent "$BUILD_DIR/vaultkeeper-agent"
+# Two operator replicas sharing four shards, one killed.
+python3 e2e/scale_out.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/soak_churn.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_certificate.py --smoke --operator "$BUILD_DIR/vaultkeeper-operator"
 python3 e2e/bench_injection.py --smoke --webhook "$BUILD_DIR/vaultkeeper-webhook" \

@@ -7,6 +7,7 @@
 #        BENCH=chaos_restart hack/bench.sh [--n 300] [--restarts 8]      (e2e/chaos_restart.py: API server and etcd)
 #        BENCH=chaos_outage hack/bench.sh [--n 1000] [--outage 3600]     (e2e/chaos_outage.py: OpenBao away)
 #        BENCH=chaos_raft hack/bench.sh [--n 300] [--kills 6]          (e2e/chaos_raft.py: a raft cluster's active node killed)
+#        BENCH=scale_out hack/bench.sh [--replicas 3] [--n 20000]      (e2e/scale_out.py: replicas sharing shards)
 #        BENCH=soak_churn hack/bench.sh [--n 10000] [--duration 3600]  (e2e/soak_churn.py: waves of churn)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -666,6 +666,7 @@ mod tests {
                 address: config.vault_addr.clone(),
                 ca_pem: None,
                 timeout: Duration::from_secs(1),
+                user_agent: String::new(),
             },
             None,
         )

@@ -88,6 +88,7 @@ fn run(args: Args) -> Result<(), String> {
             address: config.vault_addr.clone(),
             ca_pem: config.vault_ca_pem.as_ref().map(|p| p.clone().into_bytes()),
             timeout: args.vault_timeout,
+            user_agent: format!("vaultkeeper-agent/{}", env!("CARGO_PKG_VERSION")),
         },
         None,
     )?;

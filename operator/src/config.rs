@@ -100,6 +100,13 @@ pub struct Args {
     #[arg(long, env = "VAULTKEEPER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
 
+    /// Split the resources into this many shards by their namespace and share them between
+    /// replicas (each holds its fair share through one Lease per shard, `vaultkeeper-shard-<i>`,
+    /// and takes over a dead replica's), instead of one leader doing all the work. 0: off.
+    /// Leader election then only picks the replica that manages the webhook's certificate.
+    #[arg(long, env = "VAULTKEEPER_SHARDS", default_value_t = 0)]
+    pub shards: u32,
+
     /// This replica's name in the Lease and in Events (the chart sets the pod name). A random name
     /// when unset.
     #[arg(long, env = "VAULTKEEPER_IDENTITY")]

@@ -46,6 +46,8 @@ pub struct Context {
     pub restarts: Orchestrator,
     /// Resources waiting for Vault to come back, and the probe that sees it come back.
     pub outages: crate::outage::Outages,
+    /// With `--shards`: the shards this replica serves; it reconciles only their resources.
+    pub shards: Option<Arc<crate::shards::Shards>>,
     /// Consecutive failures per object (by UID), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -127,6 +129,7 @@ impl Context {
             restarts,
             token_replace_before: Duration::from_secs(120),
             outages: crate::outage::Outages::default(),
+            shards: None,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -152,6 +155,12 @@ impl Context {
     }
 
     /// Watches through `client` rather than through the request client.
+    /// Serves only the resources of the shards `shards` says this replica holds.
+    pub fn with_shards(mut self, shards: Arc<crate::shards::Shards>) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
     pub fn with_watch_client(mut self, client: kube::Client) -> Self {
         self.watch_client = client;
         self

@@ -60,7 +60,8 @@ impl Leadership {
     }
 }
 
-fn random_identity() -> String {
+/// A name for a replica started without `--identity`.
+pub fn random_identity() -> String {
     use rand::Rng;
     let suffix: u32 = rand::rng().random();
     format!("vaultkeeper-operator-{suffix:08x}")

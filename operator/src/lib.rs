@@ -20,6 +20,7 @@ pub mod report;
 pub mod restart;
 pub mod retirement;
 pub mod scope;
+pub mod shards;
 pub mod supervise;
 pub mod template;
 pub mod vault_api;

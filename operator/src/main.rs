@@ -11,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 use vault::{VaultClient, VaultConfig};
 
+use std::time::Duration;
 use supervise::Stop;
 use vaultkeeper_operator::config::Args;
 use vaultkeeper_operator::context::Context;
@@ -19,14 +20,19 @@ use vaultkeeper_operator::metrics::Metrics;
 use vaultkeeper_operator::scope::{ManagedSecrets, Scope};
 use vaultkeeper_operator::{
     certificate, dynamic_credential, http, leader, lease_tokens, managed, operator_key, restart,
-    supervise, vault_secret, webhook_tls,
+    shards, supervise, vault_secret, webhook_tls,
 };
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     vault::install_crypto_provider();
-    let args = Args::parse();
+    let mut args = Args::parse();
     init_tracing(&args)?;
+    // One name for this replica in every Lease, Event and Vault request.
+    let identity = args
+        .identity
+        .get_or_insert_with(leader::random_identity)
+        .clone();
 
     let config = kube::Config::infer()
         .await
@@ -68,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
             address: spec.address.clone(),
             ca_pem,
             timeout: args.vault_timeout,
+            user_agent: format!(
+                "vaultkeeper-operator/{} ({identity})",
+                env!("CARGO_PKG_VERSION")
+            ),
         };
         let observer: Arc<dyn vault::RequestObserver> = metrics.clone();
         let client = VaultClient::new(&config, Some(observer))
@@ -117,25 +127,37 @@ async fn main() -> anyhow::Result<()> {
     );
     let lease_tokens =
         lease_tokens::LeaseTokens::new(client.clone(), args.namespace.clone(), &hmac_key);
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            identities,
-            recorder,
-            metrics.clone(),
-            secrets,
-            dc_secrets,
-            cert_secrets,
-            hmac_key,
-            args.refresh_concurrency,
-            lease_tokens,
-            restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
-                .with_rollout_timeout(args.rollout_timeout),
-        )
-        .with_watch_client(watch_client)
-        .with_sync_concurrency(args.sync_concurrency),
-    );
-
+    // With shards, every replica works on its share of the resources; none waits to lead.
+    let member = (args.shards > 0).then(|| {
+        Arc::new(shards::Member {
+            leases: kube::Api::namespaced(client.clone(), &args.namespace),
+            identity: identity.clone(),
+            duration: args.lease_duration.max(Duration::from_secs(3)),
+            shards: Arc::new(shards::Shards::new(args.shards)),
+            metrics: metrics.clone(),
+        })
+    });
+    let mut context = Context::new(
+        client,
+        identities,
+        recorder,
+        metrics.clone(),
+        secrets,
+        dc_secrets,
+        cert_secrets,
+        hmac_key,
+        args.refresh_concurrency,
+        lease_tokens,
+        restart::Orchestrator::new(args.restart_debounce, args.restarts_per_minute)
+            .with_rollout_timeout(args.rollout_timeout),
+    )
+    .with_watch_client(watch_client)
+    .with_sync_concurrency(args.sync_concurrency);
+    if let Some(member) = &member {
+        tracing::info!(shards = args.shards, identity = %member.identity, "sharing the resources with the other replicas");
+        context = context.with_shards(member.shards.clone());
+    }
+    let ctx = Arc::new(context);
     let (stop_tx, stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(http::serve(
@@ -149,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
-    let mut leadership = match args.leader_election {
+    let mut leadership = match args.leader_election && member.is_none() {
         true => Some(leader::elect(ctx.client.clone(), &args).await?),
         false => None,
     };
@@ -305,15 +327,21 @@ async fn main() -> anyhow::Result<()> {
     let controllers = tasks.len();
     tasks.extend(watches);
     tasks.push(("Vault outage probe".to_owned(), probe));
-    if let Some(names) = webhook_tls {
+    if let Some(member) = &member {
+        let member = member.clone();
         tasks.push((
-            "webhook serving certificate".to_owned(),
-            tokio::spawn(webhook_tls::run(
-                client_for_tls,
-                watch_client_for_tls,
-                names,
-            )),
+            "shard Leases".to_owned(),
+            tokio::spawn(async move { member.run().await }),
         ));
+    }
+    if let Some(names) = webhook_tls {
+        let work = webhook_tls::run(client_for_tls.clone(), watch_client_for_tls, names);
+        let task = match &member {
+            None => tokio::spawn(work),
+            // The replicas share the resources, but one at a time manages the certificate.
+            Some(_) => tokio::spawn(single(client_for_tls, args.clone(), work)),
+        };
+        tasks.push(("webhook serving certificate".to_owned(), task));
     }
     let stop = supervise::first_stop(&mut shutdown, lost, &mut tasks, &ready_when_filled).await;
     match &stop {
@@ -341,11 +369,37 @@ async fn main() -> anyhow::Result<()> {
     if let Some(leader) = leadership {
         leader.release().await;
     }
+    if let Some(member) = member {
+        member.leave().await;
+    }
     http.await??;
     match stop {
         Stop::Signal => Ok(()),
         Stop::LostLeadership => anyhow::bail!("lost leadership"),
         Stop::TaskEnded(task, _) => anyhow::bail!("{task} ended before shutdown"),
+    }
+}
+
+/// Runs `work` (which never ends) while this replica leads; with shards, the leader election picks
+/// only who does the work that must be done once.
+async fn single(client: kube::Client, args: Args, work: impl std::future::Future<Output = ()>) {
+    tokio::pin!(work);
+    loop {
+        match leader::elect(client.clone(), &args).await {
+            Ok(mut leader) => {
+                leader.acquired().await;
+                tokio::select! {
+                    _ = &mut work => return,
+                    _ = leader.lost() => {
+                        tracing::warn!("lost the leader Lease; another replica manages the webhook's certificate");
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "failed to join the leader election; retrying")
+            }
+        }
+        tokio::time::sleep(args.lease_duration).await;
     }
 }
 

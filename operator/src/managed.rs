@@ -233,7 +233,13 @@ pub async fn run_controller<K, P, RFut>(
     // at the end of a backoff grown long in the outage.
     let (waiting, mut vault_back) = crate::outage::Waiting::<ObjectRef<K>>::new(&ctx.outages);
     let succeeded = waiting.clone();
+    // With shards: everything is looked at again each time a shard starts being served here.
+    let gains: futures::stream::BoxStream<'static, ()> = match &ctx.shards {
+        Some(shards) => shards.gains().boxed(),
+        None => futures::stream::pending().boxed(),
+    };
     Controller::for_stream(resources, reader)
+        .reconcile_all_on(gains)
         .owns_shared_stream(secrets)
         .reconcile_on(futures::stream::select(
             deleted_owners(deleted),
@@ -243,6 +249,10 @@ pub async fn run_controller<K, P, RFut>(
         .run(
             move |resource: Arc<K>, ctx: Arc<Context>| {
                 let namespace = resource.namespace().unwrap_or_default();
+                // Another replica's shard: nothing to do here until this one serves it.
+                if ctx.shards.as_ref().is_some_and(|s| !s.serves(&namespace)) {
+                    return futures::future::ready(Ok(Action::await_change())).boxed();
+                }
                 let name = resource.name_any();
                 let span = tracing::info_span!("reconcile", kind = policy.kind, %namespace, %name);
                 let failures = SyncFailures::start(ctx.metrics.clone(), policy.kind);
@@ -253,6 +263,7 @@ pub async fn run_controller<K, P, RFut>(
                         ctx,
                         (queueing.lane)(&resource),
                         (queueing.deadline)(&resource),
+                        Some(namespace.clone()),
                         resource,
                         reconcile,
                     ),
@@ -268,6 +279,7 @@ pub async fn run_controller<K, P, RFut>(
                     result
                 }
                 .instrument(span)
+                .boxed()
             },
             move |resource: Arc<K>, error: &RFut::Error, ctx: Arc<Context>| {
                 if (policy.reason)(error) == crds::v1alpha1::reasons::VAULT_UNAVAILABLE {
@@ -333,19 +345,29 @@ impl Drop for SyncFailures {
 /// Runs `reconcile` of `resource` once it holds a permit of `lane`, which waiters get earliest
 /// `deadline` first. The reconcile is made (and its state allocated) only then, so the thousands of
 /// resources that may wait for a permit cost little.
-pub async fn in_lane<K, RFut: TryFuture>(
+pub async fn in_lane<K, RFut: TryFuture<Ok = Action>>(
     ctx: Arc<Context>,
     lane: crate::context::Lane,
     deadline: crate::context::Deadline,
+    namespace: Option<String>,
     resource: Arc<K>,
     reconcile: fn(Arc<K>, Arc<Context>) -> RFut,
-) -> Result<RFut::Ok, RFut::Error> {
+) -> Result<Action, RFut::Error> {
     let priority = crate::context::priority(deadline, k8s_openapi::jiff::Timestamp::now());
     let _permit = ctx
         .lane(lane)
         .acquire(priority)
         .await
         .expect("lanes never close");
+    // With shards, the shard is held for the whole reconcile, so giving it up waits for it; a
+    // shard given up while this one waited for its permit is left to its new replica.
+    let _shard = match (&ctx.shards, &namespace) {
+        (Some(shards), Some(namespace)) => match shards.hold(namespace).await {
+            Some(guard) => Some(guard),
+            None => return Ok(Action::await_change()),
+        },
+        _ => None,
+    };
     Box::pin(TryFutureExt::into_future(reconcile(resource, ctx))).await
 }
 

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub shared_reads: Family<OperationLabels, Counter>,
     /// How late due renewals and rotations were acted on.
     pub lease_lateness: Family<StepLabels, Histogram>,
+    /// Shards this replica serves (with `--shards`).
+    pub shards_held: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for Metrics {
@@ -135,8 +137,15 @@ impl Default for Metrics {
             "Time from when a renewal or rotation was due to when the operator acted on it, by kind and step",
             lease_lateness.clone(),
         );
+        let shards_held = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "shards_held",
+            "Shards this replica serves (with --shards; 0 without)",
+            shards_held.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
+            shards_held,
             registry,
             restarts,
             shared_reads,
@@ -152,6 +161,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn shards_held(&self, count: usize) {
+        self.shards_held
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     pub fn shared_read(&self, operation: &'static str) {
         self.shared_reads
             .get_or_create(&OperationLabels { operation })

@@ -1418,8 +1418,16 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
     let resource = std::sync::Arc::new("resource".to_owned());
 
     // 200 first syncs due at once: never more than the sync lane's permits in flight, all done.
-    let all =
-        (0..200).map(|_| in_lane(op.ctx.clone(), Lane::Sync, None, resource.clone(), counted));
+    let all = (0..200).map(|_| {
+        in_lane(
+            op.ctx.clone(),
+            Lane::Sync,
+            None,
+            None,
+            resource.clone(),
+            counted,
+        )
+    });
     let done = futures::future::join_all(all).await;
     assert_eq!(done.iter().filter(|r| r.is_ok()).count(), 200);
     assert_eq!(
@@ -1436,6 +1444,7 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
                 op.ctx.clone(),
                 Lane::Refresh,
                 None,
+                None,
                 resource.clone(),
                 held,
             ))
@@ -1449,7 +1458,14 @@ async fn reconciles_due_at_once_run_a_lane_at_a_time_and_refreshes_never_hold_up
     );
     tokio::time::timeout(
         Duration::from_secs(5),
-        in_lane(op.ctx.clone(), Lane::Sync, None, resource.clone(), counted),
+        in_lane(
+            op.ctx.clone(),
+            Lane::Sync,
+            None,
+            None,
+            resource.clone(),
+            counted,
+        ),
     )
     .await
     .expect("a first sync waits for no refresh")
@@ -1500,6 +1516,7 @@ async fn waiters_of_a_lane_are_served_earliest_deadline_first() {
                 op.ctx.clone(),
                 Lane::Refresh,
                 None,
+                None,
                 std::sync::Arc::new(format!("holder {i}")),
                 gated,
             ))
@@ -1525,6 +1542,7 @@ async fn waiters_of_a_lane_are_served_earliest_deadline_first() {
                 op.ctx.clone(),
                 Lane::Refresh,
                 *deadline,
+                None,
                 std::sync::Arc::new((*name).to_owned()),
                 served,
             ))

@@ -25,6 +25,9 @@ pub struct VaultConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Timeout of one request, connect included.
     pub timeout: Duration,
+    /// Sent as `User-Agent`, so Vault's audit log (with the header audited) says which program
+    /// and replica asked; empty: none.
+    pub user_agent: String,
 }
 
 /// Sees every request: `operation` is a fixed name (`kv2_metadata`, `login`, …) and `outcome` the
@@ -77,6 +80,9 @@ impl VaultClient {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(90));
+        if !config.user_agent.is_empty() {
+            builder = builder.user_agent(config.user_agent.clone());
+        }
         if let Some(pem) = &config.ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| format!("invalid Vault CA bundle: {e}"))?

@@ -71,6 +71,7 @@ fn client(addresses: &[&str]) -> VaultClient {
             address: addresses.join(","),
             ca_pem: None,
             timeout: Duration::from_secs(5),
+            user_agent: String::new(),
         },
         None,
     )

@@ -83,6 +83,7 @@ fn client(address: &str) -> VaultClient {
             address: address.to_owned(),
             ca_pem: None,
             timeout: Duration::from_secs(5),
+            user_agent: "vaultkeeper-operator/0.1.0 (replica-1)".into(),
         },
         None,
     )
@@ -130,6 +131,13 @@ async fn every_request_carries_the_namespace_login_included() {
         "login sends no token"
     );
     assert_eq!(seen[1].header("x-vault-token"), Some("s.team"));
+    // Every request names its program and replica, for Vault's audit log.
+    for request in &seen {
+        assert_eq!(
+            request.header("user-agent"),
+            Some("vaultkeeper-operator/0.1.0 (replica-1)")
+        );
+    }
 }
 
 #[tokio::test]
