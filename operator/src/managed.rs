@@ -233,13 +233,30 @@ pub async fn run_controller<K, P, RFut>(
     // at the end of a backoff grown long in the outage.
     let (waiting, mut vault_back) = crate::outage::Waiting::<ObjectRef<K>>::new(&ctx.outages);
     let succeeded = waiting.clone();
-    // With shards: everything is looked at again each time a shard starts being served here.
-    let gains: futures::stream::BoxStream<'static, ()> = match &ctx.shards {
-        Some(shards) => shards.gains().boxed(),
+    // With shards: a shard's resources are looked at when this replica starts serving it.
+    let gains: futures::stream::BoxStream<'static, ObjectRef<K>> = match &ctx.shards {
+        Some(shards) => {
+            let (store, count) = (reader.clone(), shards.count());
+            shards
+                .gains()
+                .flat_map(move |gained| {
+                    let refs: Vec<ObjectRef<K>> = store
+                        .state()
+                        .iter()
+                        .filter(|o| {
+                            let namespace = o.meta().namespace.as_deref().unwrap_or_default();
+                            gained.contains(&crate::shards::shard_of(namespace, count))
+                        })
+                        .map(|o| ObjectRef::from_obj(o.as_ref()))
+                        .collect();
+                    futures::stream::iter(refs)
+                })
+                .boxed()
+        }
         None => futures::stream::pending().boxed(),
     };
     Controller::for_stream(resources, reader)
-        .reconcile_all_on(gains)
+        .reconcile_on(gains)
         .owns_shared_stream(secrets)
         .reconcile_on(futures::stream::select(
             deleted_owners(deleted),

@@ -13,7 +13,7 @@
 //! when it could not renew the Lease for two thirds of its duration, a third before anyone else
 //! may take it. So no resource is reconciled by two replicas at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,8 +116,8 @@ pub struct Shards {
     /// One flag per shard; a reconcile holds a read guard for its length, so turning a flag off
     /// (with the write lock) waits for the reconciles of that shard under way.
     serving: Vec<Arc<RwLock<bool>>>,
-    /// Bumped each time a shard starts being served: the controllers then look at everything.
-    gained: watch::Sender<u64>,
+    /// The shards served now: the controllers look at a shard's resources when it is gained.
+    served: watch::Sender<BTreeSet<u32>>,
 }
 
 impl Shards {
@@ -126,7 +126,7 @@ impl Shards {
         Self {
             count,
             serving: (0..count).map(|_| Arc::new(RwLock::new(false))).collect(),
-            gained: watch::Sender::new(0),
+            served: watch::Sender::new(BTreeSet::new()),
         }
     }
 
@@ -160,31 +160,35 @@ impl Shards {
             return;
         };
         let mut serving = flag.write().await;
-        let gained = on && !*serving;
         *serving = on;
         drop(serving);
-        if gained {
-            self.gained.send_modify(|n| *n += 1);
-        }
+        self.served.send_if_modified(|served| {
+            if on {
+                served.insert(shard)
+            } else {
+                served.remove(&shard)
+            }
+        });
     }
 
     /// The shards served now.
     pub fn served(&self) -> Vec<u32> {
-        (0..self.count)
-            .filter(|s| {
-                usize::try_from(*s)
-                    .ok()
-                    .and_then(|i| self.serving.get(i))
-                    .is_some_and(|f| f.try_read().is_ok_and(|on| *on))
-            })
-            .collect()
+        self.served.borrow().iter().copied().collect()
     }
 
-    /// A stream that yields each time a shard starts being served here.
-    pub fn gains(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        futures::stream::unfold(self.gained.subscribe(), |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
+    /// The shards that started being served here, each time some did (only those: the others'
+    /// resources are reconciled already).
+    pub fn gains(&self) -> impl futures::Stream<Item = BTreeSet<u32>> + Send + 'static {
+        let rx = self.served.subscribe();
+        futures::stream::unfold((rx, BTreeSet::new()), |(mut rx, before)| async move {
+            loop {
+                rx.changed().await.ok()?;
+                let now = rx.borrow_and_update().clone();
+                let gained: BTreeSet<u32> = now.difference(&before).copied().collect();
+                if !gained.is_empty() {
+                    return Some((gained, (rx, now)));
+                }
+            }
         })
     }
 }
@@ -510,7 +514,10 @@ mod tests {
         let shards = Arc::new(Shards::new(1));
         let mut gains = Box::pin(shards.gains());
         shards.set(0, true).await;
-        futures::StreamExt::next(&mut gains).await.unwrap();
+        assert_eq!(
+            futures::StreamExt::next(&mut gains).await.unwrap(),
+            BTreeSet::from([0])
+        );
         assert!(shards.serves("ns"));
         let guard = shards.hold("ns").await.expect("served");
         let stopping = {
