@@ -347,6 +347,12 @@ def main() -> int:
     print(f"  live leases at the end                    {len(live)}: {len(live & in_secrets)} the Secrets hold (of "
           f"{len(in_secrets)}), {len((live - in_secrets) & retiring)} replaced ones in their grace period, "
           f"{len(live - in_secrets - retiring)} others")
+    for lease in sorted(live - in_secrets - retiring)[:5]:
+        # Where each "other" came from, for a diagnosis: when issued, held, renewed, revoked.
+        spans_of = [(round(a - end), round(b - end)) for a, b in spans.get(lease, [])]
+        print(f"    other: {lease} issued {round(issued.get(lease, end) - end)} s, held {spans_of or 'never'}, "
+              f"last renewed {round(max([t for t, _ in renewed.get(lease, [])], default=end) - end)} s, "
+              f"revocations {len(revoked.get(lease, []))} (times relative to the end)")
     print(f"  PostgreSQL roles at the end               {end_roles}")
     print(f"  issued in the run (audit log)             {len(issued)}; rotations seen in the Secrets {rotations}; "
           f"renewals {sum(len(v) for v in renewed.values())}; revocations {sum(len(v) for v in revoked.values())}")
