@@ -3,60 +3,13 @@
 //! the node that served is asked first afterwards. A request that may have been acted on is never
 //! sent twice. Checked against tiny local HTTP listeners that answer as Vault nodes would.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
 use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use support::{Answer, node};
 use vaultkeeper_vault::{self as vault, VaultClient, VaultConfig, VaultError, VaultToken};
-
-/// How a stub node answers one request.
-#[derive(Clone, Copy)]
-enum Answer {
-    Status(u16, &'static str),
-    /// Reads the request, then closes the connection without an answer.
-    Hangup,
-}
-
-/// A node that serves `answers` in order, one connection each, and reports each request line.
-fn node(answers: Vec<Answer>) -> (String, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let (seen, requests) = mpsc::channel();
-    std::thread::spawn(move || {
-        for answer in answers {
-            let (stream, _) = listener.accept().expect("a connection");
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                reader.read_line(&mut header).unwrap();
-                let header = header.trim_end().to_ascii_lowercase();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some(value) = header.strip_prefix("content-length:") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            seen.send(line.trim_end().to_owned()).unwrap();
-            let mut stream = reader.into_inner();
-            if let Answer::Status(status, body) = answer {
-                write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .unwrap();
-            }
-        }
-    });
-    (address, requests)
-}
 
 /// An address nothing listens on: connecting is refused.
 fn refused() -> String {
@@ -168,7 +121,7 @@ async fn several_nodes_serve_only_while_one_is_active_and_one_address_while_it_a
     cluster.health().await.unwrap();
     assert_eq!(cluster.address(), active);
     assert_eq!(
-        standby_seen.try_iter().collect::<Vec<_>>(),
+        standby_seen.try_iter().map(|s| s.line).collect::<Vec<_>>(),
         ["GET /v1/sys/health HTTP/1.1"]
     );
     assert_eq!(active_seen.try_iter().count(), 1);
@@ -187,7 +140,7 @@ async fn several_nodes_serve_only_while_one_is_active_and_one_address_while_it_a
     let (one, one_seen) = node(vec![Answer::Status(200, "{}")]);
     client(&[&one]).health().await.unwrap();
     assert_eq!(
-        one_seen.try_iter().collect::<Vec<_>>(),
+        one_seen.try_iter().map(|s| s.line).collect::<Vec<_>>(),
         ["GET /v1/sys/health?standbyok=true&perfstandbyok=true HTTP/1.1"]
     );
 }

@@ -2,72 +2,21 @@
 //! request, login included; a client without one never sends it. Checked against a tiny local
 //! HTTP listener that records each request's head and answers like Vault.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::mpsc;
+mod support;
+
 use std::time::Duration;
 
+use support::{Answer, Seen};
 use vaultkeeper_vault::{self as vault, VaultClient, VaultConfig, VaultToken};
 
-/// One request as the listener saw it: the request line and its headers, lowercased names.
-#[derive(Debug)]
-struct Seen {
-    line: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Serves `answers` (one JSON body per request, in order), one connection each, then stops.
-fn vault_stub(answers: Vec<&'static str>) -> (String, mpsc::Receiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let (seen, requests) = mpsc::channel();
-    std::thread::spawn(move || {
-        for body in answers {
-            let (stream, _) = listener.accept().expect("a connection");
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let mut headers = Vec::new();
-            loop {
-                let mut header = String::new();
-                reader.read_line(&mut header).unwrap();
-                let header = header.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                let (name, value) = header.split_once(':').expect("a header");
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-            }
-            let length: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            let mut request_body = vec![0; length];
-            reader.read_exact(&mut request_body).unwrap();
-            seen.send(Seen {
-                line: line.trim_end().to_owned(),
-                headers,
-            })
-            .unwrap();
-            let mut stream = reader.into_inner();
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-        }
-    });
-    (address, requests)
+/// A node that answers each request in turn with 200 and one of `answers`.
+fn vault_stub(answers: Vec<&'static str>) -> (String, std::sync::mpsc::Receiver<Seen>) {
+    support::node(
+        answers
+            .into_iter()
+            .map(|a| Answer::Status(200, a))
+            .collect(),
+    )
 }
 
 const LOGIN: &str =
