@@ -139,10 +139,12 @@ impl Shards {
         &self.serving[shard]
     }
 
-    /// Whether `namespace` is served here now, without waiting (false while its shard is being
-    /// given up).
+    /// Whether `namespace` is served here now, without waiting (false from the moment its shard
+    /// starts being given up).
     pub fn serves(&self, namespace: &str) -> bool {
-        self.flag(namespace).try_read().is_ok_and(|on| *on)
+        self.served
+            .borrow()
+            .contains(&shard_of(namespace, self.count))
     }
 
     /// Holds `namespace`'s shard for the length of a reconcile; `None` when it is not served here.
@@ -151,7 +153,8 @@ impl Shards {
         (*guard).then_some(guard)
     }
 
-    /// Starts or stops serving `shard`; stopping waits for its reconciles under way.
+    /// Starts or stops serving `shard`; stopping waits for its reconciles under way. Setting what
+    /// already holds (every renewal does) changes nothing and waits for nothing.
     pub async fn set(&self, shard: u32, on: bool) {
         let Some(flag) = usize::try_from(shard)
             .ok()
@@ -159,16 +162,21 @@ impl Shards {
         else {
             return;
         };
-        let mut serving = flag.write().await;
-        *serving = on;
-        drop(serving);
-        self.served.send_if_modified(|served| {
-            if on {
-                served.insert(shard)
-            } else {
-                served.remove(&shard)
-            }
-        });
+        if self.served.borrow().contains(&shard) == on && *flag.read().await == on {
+            return;
+        }
+        if on {
+            *flag.write().await = true;
+            self.served.send_modify(|served| {
+                served.insert(shard);
+            });
+        } else {
+            // New reconciles skip the shard first; then those under way are waited for.
+            self.served.send_modify(|served| {
+                served.remove(&shard);
+            });
+            *flag.write().await = false;
+        }
     }
 
     /// The shards served now.
@@ -507,6 +515,29 @@ mod tests {
         for who in ["a", "b", "c"] {
             assert!(leases.values().filter(|h| h.holder == who).count() <= 6);
         }
+    }
+
+    #[tokio::test]
+    async fn renewing_a_served_shard_never_makes_it_look_unserved() {
+        // Found at 20,000 resources: a renewal took the shard's write lock, a watch event that came
+        // in that moment read "not served", and its resource was never reconciled.
+        let shards = Arc::new(Shards::new(1));
+        shards.set(0, true).await;
+        let renewing = {
+            let shards = shards.clone();
+            tokio::spawn(async move {
+                for _ in 0..2000 {
+                    shards.set(0, true).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let _reconcile = shards.hold("ns").await.expect("served");
+        while !renewing.is_finished() {
+            assert!(shards.serves("ns"));
+            tokio::task::yield_now().await;
+        }
+        renewing.await.unwrap();
     }
 
     #[tokio::test]
