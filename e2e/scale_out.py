@@ -51,22 +51,24 @@ def holders(kube: Kube) -> dict:
             for i in items}
 
 
-def handovers(audit: Path, since: int, where: dict, shards: int) -> dict:
+def handovers(audit: Path, since: int, namespaces: list, shards: int) -> dict:
     """From the audit log after byte `since`: shard -> [(replica, first, last)], the runs of requests
-    for its VaultSecrets' sources by one replica, in time order."""
+    by one replica, in time order, made as the identities of `namespaces` (the namespace a request
+    is for is that of the ServiceAccount it logged in as: other tests' resources may read the same
+    paths from other namespaces)."""
     runs: dict = {}
+    ours = set(namespaces)
     for entry, t in audit_entries(audit, since):
         if entry.get("type") != "request":
             continue
         request = entry.get("request") or {}
-        path = request.get("path") or ""
-        name = path.rsplit("/", 1)[-1]
-        if not path.startswith(("secret/data/bench/", "secret/metadata/bench/")) or name not in where:
+        namespace = ((entry.get("auth") or {}).get("metadata") or {}).get("service_account_namespace")
+        if namespace not in ours or not (request.get("path") or "").startswith("secret/"):
             continue
         agent = AGENT.search(" ".join((request.get("headers") or {}).get("user-agent") or []))
         if not agent:
             continue
-        line = runs.setdefault(shard_of(where[name], shards), [])
+        line = runs.setdefault(shard_of(namespace, shards), [])
         if line and line[-1][0] == agent.group(1):
             line[-1][2] = t
         else:
@@ -178,7 +180,7 @@ def main() -> int:
         for op, _ in ops.values():
             stop_operator(op)
 
-    runs = handovers(audit, audit_start, where, args.shards)
+    runs = handovers(audit, audit_start, namespaces, args.shards)
     early, moved, twice = [], [], []
     for shard, line in sorted(runs.items()):
         changes = [(a, b) for a, b in zip(line, line[1:])]
